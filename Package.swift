@@ -1,0 +1,27 @@
+// swift-tools-version:6.1
+// Sheaf: compress large language models by sharing weights.
+// No Swift package dependencies: the toolchain plus system C libraries (OpenCL, OpenBLAS).
+import PackageDescription
+
+let package = Package(
+    name: "Sheaf",
+    products: [
+        .library(name: "SheafKit", targets: ["SheafCore", "SheafBackend"]),
+        .executable(name: "sheaf", targets: ["sheaf"]),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenCL", path: "Sources/COpenCL"),
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS"),
+        // Embeds kernels/*.cl into the binary with C23 #embed.
+        .target(
+            name: "CKernels",
+            path: "Sources/CKernels",
+            cSettings: [.unsafeFlags(["-std=c23"])]
+        ),
+        .target(name: "SheafCore"),
+        .target(name: "SheafBackend", dependencies: ["SheafCore", "COpenCL", "COpenBLAS", "CKernels"]),
+        .executableTarget(name: "sheaf", dependencies: ["SheafCore", "SheafBackend"]),
+        .testTarget(name: "SheafCoreTests", dependencies: ["SheafCore"]),
+        .testTarget(name: "SheafBackendTests", dependencies: ["SheafCore", "SheafBackend"]),
+    ]
+)

@@ -1,0 +1,210 @@
+import SheafCore
+
+/// Element types a backend buffer can hold.
+public enum ScalarType: String, Sendable {
+    case float32, float64, int32
+
+    public var byteSize: Int {
+        switch self {
+        case .float32, .int32: 4
+        case .float64: 8
+        }
+    }
+}
+
+/// Swift types that map onto a `ScalarType`.
+public protocol DeviceScalar: Sendable {
+    static var scalarType: ScalarType { get }
+    static var zero: Self { get }
+}
+extension Float: DeviceScalar { public static var scalarType: ScalarType { .float32 } }
+extension Double: DeviceScalar { public static var scalarType: ScalarType { .float64 } }
+extension Int32: DeviceScalar { public static var scalarType: ScalarType { .int32 } }
+
+public enum BackendKind: String, Sendable, CaseIterable {
+    case cpu, opencl, reference
+}
+
+/// Memory owned by one backend: host memory for `cpu` and `reference`, a `cl_mem` for `opencl`.
+/// Contents are zero when allocated.
+public final class DeviceBuffer: @unchecked Sendable {
+    public let scalar: ScalarType
+    /// Elements, not bytes.
+    public let count: Int
+    /// The backend that allocated it; other backends refuse it.
+    let owner: ObjectIdentifier
+    let storage: AnyObject
+
+    init(scalar: ScalarType, count: Int, owner: ObjectIdentifier, storage: AnyObject) {
+        self.scalar = scalar
+        self.count = count
+        self.owner = owner
+        self.storage = storage
+    }
+
+    public var byteCount: Int { count * scalar.byteSize }
+}
+
+/// A row-major matrix inside a buffer: element (r, c) is at `offset + r * rowStride + c`.
+/// A `rowStride` larger than `cols` makes a strided view (a block of a larger matrix).
+public struct MatrixView: Sendable {
+    public let buffer: DeviceBuffer
+    public let rows: Int
+    public let cols: Int
+    public let rowStride: Int
+    public let offset: Int
+
+    public init(_ buffer: DeviceBuffer, rows: Int, cols: Int, rowStride: Int? = nil, offset: Int = 0)
+        throws(SheafError)
+    {
+        let stride = rowStride ?? cols
+        guard rows >= 0, cols >= 0, offset >= 0, stride >= cols else {
+            throw .invalidArgument(
+                op: "MatrixView",
+                detail: "bad view (\(rows), \(cols)) rowStride \(stride) offset \(offset)")
+        }
+        let end = rows == 0 || cols == 0 ? offset : offset + (rows - 1) * stride + cols
+        guard end <= buffer.count else {
+            throw .shapeMismatch(
+                op: "MatrixView",
+                detail: "view (\(rows), \(cols)) rowStride \(stride) offset \(offset) needs \(end) elements, buffer has \(buffer.count)")
+        }
+        self.buffer = buffer
+        self.rows = rows
+        self.cols = cols
+        self.rowStride = stride
+        self.offset = offset
+    }
+
+    public var shape: String { "(\(rows), \(cols))" + (rowStride != cols ? " stride \(rowStride)" : "") }
+    public var isEmpty: Bool { rows == 0 || cols == 0 }
+}
+
+/// A Cholesky factor `lower` with `input + shift·I = lower·lowerᵀ`.
+public struct CholeskyFactor: Sendable {
+    /// (n, n), zero above the diagonal.
+    public var lower: Matrix<Double>
+    /// The diagonal shift that was needed; 0 when the input was positive definite as given.
+    public var shift: Double
+    public var usedFallback: Bool { shift != 0 }
+}
+
+/// The numeric operations the pipeline needs. Implementations: `CPUBackend` (OpenBLAS/LAPACK),
+/// `OpenCLBackend` (kernels in kernels/*.cl), `ReferenceBackend` (plain Swift, Float64; the
+/// test oracle). Operands are views of buffers the backend allocated; shapes are checked and a
+/// mismatch throws `SheafError.shapeMismatch` naming the op.
+public protocol Backend: AnyObject, Sendable {
+    var kind: BackendKind { get }
+    /// Human-readable device, e.g. "OpenBLAS Haswell, 2 threads".
+    var deviceName: String { get }
+
+    /// A zero-filled buffer of `count` elements.
+    func makeBuffer(_ scalar: ScalarType, count: Int) throws(SheafError) -> DeviceBuffer
+    /// Copies `bytes` (a whole number of `scalar` elements) into a new buffer.
+    func uploadBytes(_ bytes: UnsafeRawBufferPointer, as scalar: ScalarType) throws(SheafError) -> DeviceBuffer
+    /// Copies the whole buffer into `bytes` (exactly `buffer.byteCount` long).
+    func downloadBytes(_ buffer: DeviceBuffer, into bytes: UnsafeMutableRawBufferPointer) throws(SheafError)
+
+    /// c = alpha · op(a) · op(b) + beta · c, float32. op(x) is x or xᵀ; with beta = 0, c is not read.
+    func gemm(
+        _ a: MatrixView, transposeA: Bool, _ b: MatrixView, transposeB: Bool, into c: MatrixView,
+        alpha: Float, beta: Float) throws(SheafError)
+
+    /// gram += xᵀ·x for x (rows, d) float32 and gram (d, d) Float64, the full symmetric matrix.
+    /// Called once per chunk of calibration rows.
+    func accumulateGram(_ x: MatrixView, into gram: MatrixView) throws(SheafError)
+
+    /// Cholesky factor of a symmetric positive-definite (n, n) matrix in Float64. When the
+    /// factorisation fails, adds (−λmin + epsilon)·I and retries once; the shift is reported.
+    func cholesky(_ a: Matrix<Double>, epsilon: Double) throws(SheafError) -> CholeskyFactor
+
+    /// out = w · lower for w (m, n) float32, lower (n, n) Float64 lower-triangular, out (m, n) Float64.
+    func multiplyLower(_ w: MatrixView, _ lower: MatrixView, into out: MatrixView) throws(SheafError)
+
+    /// y ← y · lower⁻¹ in place, for y (m, n) Float64 and lower (n, n) lower-triangular with
+    /// a non-zero diagonal, by substitution (the inverse is not formed).
+    func solveLowerRight(_ y: MatrixView, _ lower: MatrixView) throws(SheafError)
+
+    /// distances[i, c] = ‖points[i] − centroids[c]‖² for points (m, d), centroids (k, d),
+    /// distances (m, k), all float32; computed as ‖p‖² + ‖c‖² − 2·p·c (a GEMM), clamped at 0.
+    func kmeansDistances(points: MatrixView, centroids: MatrixView, into distances: MatrixView)
+        throws(SheafError)
+
+    /// labels[i] = argmin_c distances[i, c] (lowest index on ties), minima[i] = that distance.
+    /// labels: int32 (m), minima: float32 (m).
+    func kmeansAssign(distances: MatrixView, labels: DeviceBuffer, minima: DeviceBuffer) throws(SheafError)
+
+    /// sums[c] = Σ_{i: labels[i] = c} points[i] (Float64, (k, d)), counts[c] = |{i: labels[i] = c}|
+    /// (int32, k). Labels outside 0..<k throw.
+    func kmeansAccumulate(points: MatrixView, labels: DeviceBuffer, sums: MatrixView, counts: DeviceBuffer)
+        throws(SheafError)
+
+    /// Waits for queued work.
+    func synchronize() throws(SheafError)
+}
+
+extension Backend {
+    /// Uploads `values`; non-finite floats are refused with their index, so later ops see only
+    /// finite inputs.
+    public func upload<T: DeviceScalar>(_ values: [T], label: String = "input") throws(SheafError) -> DeviceBuffer {
+        if let floats = values as? [Float], let bad = floats.firstIndex(where: { !$0.isFinite }) {
+            throw .nonFinite(op: "upload", what: "\(label) at element \(bad) (\(floats[bad]))")
+        }
+        if let doubles = values as? [Double], let bad = doubles.firstIndex(where: { !$0.isFinite }) {
+            throw .nonFinite(op: "upload", what: "\(label) at element \(bad) (\(doubles[bad]))")
+        }
+        return try withBytes(of: values) { (raw) throws(SheafError) in try uploadBytes(raw, as: T.scalarType) }
+    }
+
+    public func download<T: DeviceScalar>(_ buffer: DeviceBuffer, as type: T.Type = T.self) throws(SheafError) -> [T] {
+        guard buffer.scalar == T.scalarType else {
+            throw .invalidArgument(op: "download", detail: "buffer holds \(buffer.scalar), asked for \(T.scalarType)")
+        }
+        var out = [T](repeating: T.zero, count: buffer.count)
+        try withMutableBytes(of: &out) { (raw) throws(SheafError) in try downloadBytes(buffer, into: raw) }
+        return out
+    }
+
+    /// Uploads a host matrix and returns a contiguous view of it.
+    public func upload<T: DeviceScalar>(_ m: Matrix<T>, label: String = "input") throws(SheafError) -> MatrixView {
+        try MatrixView(upload(m.values, label: label), rows: m.rows, cols: m.cols)
+    }
+
+    /// Downloads a (possibly strided) view into a contiguous host matrix.
+    public func download<T: DeviceScalar>(_ view: MatrixView, as type: T.Type = T.self) throws(SheafError) -> Matrix<T> {
+        let all: [T] = try download(view.buffer)
+        var values = [T]()
+        values.reserveCapacity(view.rows * view.cols)
+        for r in 0..<view.rows {
+            let start = view.offset + r * view.rowStride
+            values.append(contentsOf: all[start..<start + view.cols])
+        }
+        return Matrix(unchecked: view.rows, view.cols, values)
+    }
+
+    /// A zero matrix of the given shape, contiguous.
+    public func zeros(_ scalar: ScalarType, rows: Int, cols: Int) throws(SheafError) -> MatrixView {
+        try MatrixView(makeBuffer(scalar, count: rows * cols), rows: rows, cols: cols)
+    }
+
+    public func cholesky(_ a: Matrix<Double>) throws(SheafError) -> CholeskyFactor {
+        try cholesky(a, epsilon: 1e-6)
+    }
+}
+
+/// `withUnsafeBytes` for typed throws: the standard library's `rethrows` erases the error type.
+func withBytes<T, R>(of array: [T], _ body: (UnsafeRawBufferPointer) throws(SheafError) -> R) throws(SheafError) -> R {
+    let result: Result<R, SheafError> = array.withUnsafeBytes { raw in
+        do throws(SheafError) { return .success(try body(raw)) } catch { return .failure(error) }
+    }
+    return try result.get()
+}
+
+func withMutableBytes<T, R>(of array: inout [T], _ body: (UnsafeMutableRawBufferPointer) throws(SheafError) -> R)
+    throws(SheafError) -> R
+{
+    let result: Result<R, SheafError> = array.withUnsafeMutableBytes { raw in
+        do throws(SheafError) { return .success(try body(raw)) } catch { return .failure(error) }
+    }
+    return try result.get()
+}

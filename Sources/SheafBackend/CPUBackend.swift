@@ -1,0 +1,157 @@
+import COpenBLAS
+import Foundation
+import SheafCore
+
+/// The CPU path: products through OpenBLAS (cblas), factorisations through its LAPACK.
+public final class CPUBackend: HostMemoryBackend, @unchecked Sendable {
+    public let kind = BackendKind.cpu
+    public let threads: Int
+
+    /// `threads`: OpenBLAS threads (a process-wide OpenBLAS setting); nil keeps its default
+    /// (all cores).
+    public init(threads: Int? = nil) {
+        if let threads, threads > 0 { openblas_set_num_threads(Int32(threads)) }
+        self.threads = Int(openblas_get_num_threads())
+    }
+
+    public static var openBLASCore: String { String(cString: openblas_get_corename()) }
+    public static var openBLASConfig: String { String(cString: openblas_get_config()) }
+
+    public var deviceName: String { "OpenBLAS \(Self.openBLASCore), \(threads) thread\(threads == 1 ? "" : "s")" }
+
+    public func makeBuffer(_ scalar: ScalarType, count: Int) throws(SheafError) -> DeviceBuffer {
+        try makeHostBuffer(scalar, count: count)
+    }
+
+    public func uploadBytes(_ bytes: UnsafeRawBufferPointer, as scalar: ScalarType) throws(SheafError) -> DeviceBuffer {
+        try uploadHostBytes(bytes, as: scalar)
+    }
+
+    public func downloadBytes(_ buffer: DeviceBuffer, into bytes: UnsafeMutableRawBufferPointer) throws(SheafError) {
+        try downloadHostBytes(buffer, into: bytes)
+    }
+
+    public func synchronize() throws(SheafError) {}
+
+    public func gemm(
+        _ a: MatrixView, transposeA: Bool, _ b: MatrixView, transposeB: Bool, into c: MatrixView,
+        alpha: Float, beta: Float
+    ) throws(SheafError) {
+        try Check.owner(self, [a, b, c], op: "gemm")
+        let (m, n, k) = try Check.gemm(a, transposeA, b, transposeB, c)
+        cblas_sgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            Int32(m), Int32(n), Int32(k), alpha, floats(a), Int32(a.rowStride), floats(b), Int32(b.rowStride),
+            beta, floats(c), Int32(c.rowStride))
+    }
+
+    /// ssyrk of the chunk into a float32 scratch (upper triangle), then added into the Float64
+    /// accumulator and mirrored: the chunk product costs rows·d² flops, the add d²/2.
+    public func accumulateGram(_ x: MatrixView, into gram: MatrixView) throws(SheafError) {
+        try Check.owner(self, [x, gram], op: "accumulateGram")
+        try Check.gram(x, gram)
+        let d = x.cols
+        var chunk = [Float](repeating: 0, count: d * d)
+        chunk.withUnsafeMutableBufferPointer { c in
+            cblas_ssyrk(
+                CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(x.rows), 1, floats(x), Int32(x.rowStride), 0,
+                c.baseAddress, Int32(d))
+        }
+        let g = doubles(gram), ld = gram.rowStride
+        chunk.withUnsafeBufferPointer { c in
+            for i in 0..<d {
+                let gRow = g + i * ld, cRow = c.baseAddress! + i * d
+                for j in i..<d { gRow[j] += Double(cRow[j]) }
+            }
+        }
+        for i in 0..<d { for j in 0..<i { g[i * ld + j] = g[j * ld + i] } }
+    }
+
+    public func cholesky(_ a: Matrix<Double>, epsilon: Double) throws(SheafError) -> CholeskyFactor {
+        try LAPACK.cholesky(a, epsilon: epsilon)
+    }
+
+    /// dtrmm (right, lower) on a Float64 copy of w.
+    public func multiplyLower(_ w: MatrixView, _ lower: MatrixView, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [w, lower, out], op: "multiplyLower")
+        try Check.multiplyLower(w, lower, out)
+        let src = floats(w), dst = doubles(out)
+        for r in 0..<w.rows {
+            for c in 0..<w.cols { dst[r * out.rowStride + c] = Double(src[r * w.rowStride + c]) }
+        }
+        cblas_dtrmm(
+            CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, Int32(out.rows), Int32(out.cols), 1,
+            doubles(lower), Int32(lower.rowStride), dst, Int32(out.rowStride))
+    }
+
+    /// dtrsm (right, lower): substitution, no inverse formed.
+    public func solveLowerRight(_ y: MatrixView, _ lower: MatrixView) throws(SheafError) {
+        try Check.owner(self, [y, lower], op: "solveLowerRight")
+        try Check.solveLower(y, lower)
+        try checkDiagonal(lower)
+        cblas_dtrsm(
+            CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, Int32(y.rows), Int32(y.cols), 1,
+            doubles(lower), Int32(lower.rowStride), doubles(y), Int32(y.rowStride))
+    }
+
+    private func checkDiagonal(_ lower: MatrixView) throws(SheafError) {
+        let l = doubles(lower)
+        for i in 0..<lower.rows where l[i * lower.rowStride + i] == 0 || !l[i * lower.rowStride + i].isFinite {
+            throw .invalidArgument(op: "solveLowerRight", detail: "lower[\(i), \(i)] = \(l[i * lower.rowStride + i])")
+        }
+    }
+
+    /// −2·P·Cᵀ through sgemm, then the squared norms added per row and column.
+    public func kmeansDistances(points: MatrixView, centroids: MatrixView, into distances: MatrixView)
+        throws(SheafError)
+    {
+        try Check.owner(self, [points, centroids, distances], op: "kmeansDistances")
+        try Check.kmeansDistances(points, centroids, distances)
+        try gemm(points, transposeA: false, centroids, transposeB: true, into: distances, alpha: -2, beta: 0)
+        let pNorms = rowSquaredNorms(points), cNorms = rowSquaredNorms(centroids)
+        let d = floats(distances)
+        for i in 0..<points.rows {
+            let row = d + i * distances.rowStride
+            for c in 0..<centroids.rows { row[c] = max(0, row[c] + pNorms[i] + cNorms[c]) }
+        }
+    }
+
+    private func rowSquaredNorms(_ v: MatrixView) -> [Float] {
+        let p = floats(v)
+        return (0..<v.rows).map { r in cblas_sdot(Int32(v.cols), p + r * v.rowStride, 1, p + r * v.rowStride, 1) }
+    }
+
+    public func kmeansAssign(distances: MatrixView, labels: DeviceBuffer, minima: DeviceBuffer) throws(SheafError) {
+        try Check.owner(self, [distances], op: "kmeansAssign")
+        try Check.kmeansAssign(distances, labels, minima)
+        let d = floats(distances), l = ints(labels)
+        let mins = host(minima).assumingMemoryBound(to: Float.self)
+        for i in 0..<distances.rows {
+            let row = d + i * distances.rowStride
+            var best = 0
+            for c in 1..<distances.cols where row[c] < row[best] { best = c }
+            l[i] = Int32(best)
+            mins[i] = row[best]
+        }
+    }
+
+    public func kmeansAccumulate(points: MatrixView, labels: DeviceBuffer, sums: MatrixView, counts: DeviceBuffer)
+        throws(SheafError)
+    {
+        try Check.owner(self, [points, sums], op: "kmeansAccumulate")
+        try Check.kmeansAccumulate(points, labels, sums, counts)
+        let k = sums.rows, d = points.cols
+        let l = ints(labels), n = ints(counts), s = doubles(sums), p = floats(points)
+        for i in 0..<points.rows { try Check.label(l[i], at: i, k: k) }
+        for c in 0..<k {
+            n[c] = 0
+            for j in 0..<d { s[c * sums.rowStride + j] = 0 }
+        }
+        for i in 0..<points.rows {
+            let c = Int(l[i])
+            n[c] += 1
+            let row = p + i * points.rowStride, acc = s + c * sums.rowStride
+            for j in 0..<d { acc[j] += Double(row[j]) }
+        }
+    }
+}

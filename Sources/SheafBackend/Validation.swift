@@ -1,0 +1,137 @@
+import SheafCore
+
+/// Shape and type checks shared by every backend, so all three reject the same inputs with
+/// the same message.
+enum Check {
+    static func owner(_ backend: AnyObject, _ views: [MatrixView], op: String) throws(SheafError) {
+        for v in views where v.buffer.owner != ObjectIdentifier(backend) {
+            throw .invalidArgument(op: op, detail: "operand \(v.shape) belongs to another backend")
+        }
+    }
+
+    static func scalar(_ v: MatrixView, _ s: ScalarType, _ name: String, op: String) throws(SheafError) {
+        guard v.buffer.scalar == s else {
+            throw .invalidArgument(op: op, detail: "\(name) must be \(s), is \(v.buffer.scalar)")
+        }
+    }
+
+    static func nonEmpty(_ v: MatrixView, _ name: String, op: String) throws(SheafError) {
+        guard !v.isEmpty else { throw .shapeMismatch(op: op, detail: "\(name) is empty \(v.shape)") }
+    }
+
+    /// Sizes handed to kernels and LAPACK are 32-bit.
+    static func fitsInt32(_ v: MatrixView, op: String) throws(SheafError) {
+        guard v.buffer.count < Int(Int32.max) else {
+            throw .invalidArgument(op: op, detail: "buffer of \(v.buffer.count) elements exceeds 2^31")
+        }
+    }
+
+    /// Returns (m, n, k) of c = op(a)·op(b).
+    static func gemm(_ a: MatrixView, _ ta: Bool, _ b: MatrixView, _ tb: Bool, _ c: MatrixView)
+        throws(SheafError) -> (m: Int, n: Int, k: Int)
+    {
+        let op = "gemm"
+        for (v, name) in [(a, "a"), (b, "b"), (c, "c")] {
+            try scalar(v, .float32, name, op: op)
+            try nonEmpty(v, name, op: op)
+            try fitsInt32(v, op: op)
+        }
+        let (m, ka) = ta ? (a.cols, a.rows) : (a.rows, a.cols)
+        let (kb, n) = tb ? (b.cols, b.rows) : (b.rows, b.cols)
+        guard ka == kb, c.rows == m, c.cols == n else {
+            throw .shapeMismatch(
+                op: op,
+                detail: "op(a) (\(m), \(ka)) · op(b) (\(kb), \(n)) into c \(c.shape)")
+        }
+        return (m, n, ka)
+    }
+
+    static func gram(_ x: MatrixView, _ g: MatrixView) throws(SheafError) {
+        let op = "accumulateGram"
+        try scalar(x, .float32, "x", op: op)
+        try scalar(g, .float64, "gram", op: op)
+        try nonEmpty(x, "x", op: op)
+        try fitsInt32(x, op: op)
+        try fitsInt32(g, op: op)
+        guard g.rows == x.cols, g.cols == x.cols else {
+            throw .shapeMismatch(op: op, detail: "x \(x.shape) needs gram (\(x.cols), \(x.cols)), got \(g.shape)")
+        }
+    }
+
+    static func multiplyLower(_ w: MatrixView, _ l: MatrixView, _ out: MatrixView) throws(SheafError) {
+        let op = "multiplyLower"
+        try scalar(w, .float32, "w", op: op)
+        try scalar(l, .float64, "lower", op: op)
+        try scalar(out, .float64, "out", op: op)
+        for v in [w, l, out] {
+            try nonEmpty(v, "operand", op: op)
+            try fitsInt32(v, op: op)
+        }
+        guard l.rows == l.cols, w.cols == l.rows, out.rows == w.rows, out.cols == w.cols else {
+            throw .shapeMismatch(op: op, detail: "w \(w.shape) · lower \(l.shape) into \(out.shape)")
+        }
+    }
+
+    static func solveLower(_ y: MatrixView, _ l: MatrixView) throws(SheafError) {
+        let op = "solveLowerRight"
+        try scalar(y, .float64, "y", op: op)
+        try scalar(l, .float64, "lower", op: op)
+        for v in [y, l] {
+            try nonEmpty(v, "operand", op: op)
+            try fitsInt32(v, op: op)
+        }
+        guard l.rows == l.cols, y.cols == l.rows else {
+            throw .shapeMismatch(op: op, detail: "y \(y.shape) · lower⁻¹ \(l.shape)")
+        }
+    }
+
+    static func kmeansDistances(_ p: MatrixView, _ c: MatrixView, _ d: MatrixView) throws(SheafError) {
+        let op = "kmeansDistances"
+        for (v, name) in [(p, "points"), (c, "centroids"), (d, "distances")] {
+            try scalar(v, .float32, name, op: op)
+            try nonEmpty(v, name, op: op)
+            try fitsInt32(v, op: op)
+        }
+        guard p.cols == c.cols, d.rows == p.rows, d.cols == c.rows else {
+            throw .shapeMismatch(op: op, detail: "points \(p.shape), centroids \(c.shape), distances \(d.shape)")
+        }
+    }
+
+    static func kmeansAssign(_ d: MatrixView, _ labels: DeviceBuffer, _ minima: DeviceBuffer) throws(SheafError) {
+        let op = "kmeansAssign"
+        try scalar(d, .float32, "distances", op: op)
+        try nonEmpty(d, "distances", op: op)
+        try fitsInt32(d, op: op)
+        guard labels.scalar == .int32, minima.scalar == .float32, labels.count >= d.rows, minima.count >= d.rows
+        else {
+            throw .shapeMismatch(
+                op: op,
+                detail: "distances \(d.shape) need int32 labels and float32 minima of \(d.rows), got \(labels.scalar) (\(labels.count)) and \(minima.scalar) (\(minima.count))")
+        }
+    }
+
+    static func kmeansAccumulate(_ p: MatrixView, _ labels: DeviceBuffer, _ sums: MatrixView, _ counts: DeviceBuffer)
+        throws(SheafError)
+    {
+        let op = "kmeansAccumulate"
+        try scalar(p, .float32, "points", op: op)
+        try scalar(sums, .float64, "sums", op: op)
+        try nonEmpty(p, "points", op: op)
+        try nonEmpty(sums, "sums", op: op)
+        try fitsInt32(p, op: op)
+        try fitsInt32(sums, op: op)
+        guard labels.scalar == .int32, labels.count >= p.rows, counts.scalar == .int32,
+            counts.count >= sums.rows, sums.cols == p.cols
+        else {
+            throw .shapeMismatch(
+                op: op,
+                detail: "points \(p.shape), labels \(labels.scalar) (\(labels.count)), sums \(sums.shape), counts \(counts.scalar) (\(counts.count))")
+        }
+    }
+
+    static func label(_ l: Int32, at i: Int, k: Int) throws(SheafError) {
+        guard l >= 0, Int(l) < k else {
+            throw .invalidArgument(op: "kmeansAccumulate", detail: "label \(l) of point \(i) is outside 0..<\(k)")
+        }
+    }
+}
