@@ -21,7 +21,6 @@ let package = Package(
         .target(name: "SheafCore"),
         .target(name: "SheafBackend", dependencies: ["SheafCore", "COpenCL", "COpenBLAS", "CKernels"]),
         .executableTarget(name: "sheaf", dependencies: ["SheafCore", "SheafBackend"]),
-        .testTarget(name: "SheafCoreTests", dependencies: ["SheafCore"]),
         .testTarget(name: "SheafBackendTests", dependencies: ["SheafCore", "SheafBackend"]),
     ]
 )

@@ -12,12 +12,20 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
     /// `device`: an index or a name substring (see `OpenCLDevices`); nil picks the first GPU,
     /// else the first device. `kernelDirectory`: load kernels/*.cl from there instead of the
     /// embedded copies. Throws `backendUnavailable` or the driver's error; never falls back.
-    public init(device: String? = nil, kernelDirectory: String? = nil) throws(SheafError) {
+    /// `tunables`: kernel build parameters; nil takes `KernelTunables.forDevice`. The parity
+    /// tests run the GPU variant on PoCL this way.
+    public init(device: String? = nil, kernelDirectory: String? = nil, tunables: KernelTunables? = nil)
+        throws(SheafError)
+    {
         runtime = try OpenCLRuntime.shared(device: device, kernelDirectory: kernelDirectory)
+        self.tunables = tunables ?? KernelTunables.forDevice(runtime.info)
+        guard self.tunables.tileSize > 0, self.tunables.tileSize % 8 == 0, self.tunables.reductionStep > 0 else {
+            throw .invalidArgument(op: "OpenCLBackend", detail: "tile size must be a positive multiple of 8, got \(self.tunables)")
+        }
     }
 
     public var device: OpenCLDeviceInfo { runtime.info }
-    public var tunables: KernelTunables { runtime.tunables }
+    public let tunables: KernelTunables
     public var deviceName: String { "\(runtime.info.name) (\(runtime.info.platform), \(runtime.info.type))" }
 
     /// Builds every kernel file now, so a driver that cannot compile one fails here.
@@ -25,7 +33,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         for (kernel, file) in [
             ("gemm_f32", "gemm"), ("gram_accumulate", "gram"), ("lower_multiply", "whiten"),
             ("kmeans_distances", "kmeans"),
-        ] { _ = try runtime.kernel(kernel, in: file) }
+        ] { _ = try runtime.kernel(kernel, in: file, tunables) }
     }
 
     // MARK: memory
@@ -72,11 +80,11 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
 
     private func mem(_ buffer: DeviceBuffer) -> cl_mem { (buffer.storage as! CLStorage).mem }
 
-    private var tileGroup: [Int] { [runtime.tunables.tileSize / 8, runtime.tunables.tileSize / 8] }
+    private var tileGroup: [Int] { [tunables.tileSize / 8, tunables.tileSize / 8] }
 
     /// Global size covering an (rows, cols) output with TS x TS tiles of WG x WG work-items.
     private func tiledGlobal(rows: Int, cols: Int) -> [Int] {
-        let ts = runtime.tunables.tileSize, wg = ts / 8
+        let ts = tunables.tileSize, wg = ts / 8
         return [(cols + ts - 1) / ts * wg, (rows + ts - 1) / ts * wg]
     }
 
@@ -85,7 +93,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
     private func transposed(_ v: MatrixView) throws(SheafError) -> MatrixView {
         let out = try zeros(.float32, rows: v.cols, cols: v.rows)
         try runtime.launch(
-            "transpose_f32", in: "gemm", global: [v.cols, v.rows], local: nil,
+            "transpose_f32", in: "gemm", tunables, global: [v.cols, v.rows], local: nil,
             [.int(v.rows), .int(v.cols), .mem(mem(v.buffer)), .int(v.offset), .int(v.rowStride),
              .mem(mem(out.buffer)), .int(0), .int(out.rowStride)])
         return out
@@ -103,12 +111,12 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         let (sAm, sAk) = transposeA ? (1, a.rowStride) : (a.rowStride, 1)
         var right = b
         var (sBk, sBn) = transposeB ? (1, b.rowStride) : (b.rowStride, 1)
-        if !runtime.tunables.useLocalMemory && sBn != 1 {
+        if !tunables.useLocalMemory && sBn != 1 {
             right = try transposed(b)
             (sBk, sBn) = (right.rowStride, 1)
         }
         try runtime.launch(
-            "gemm_f32", in: "gemm", global: tiledGlobal(rows: m, cols: n), local: tileGroup,
+            "gemm_f32", in: "gemm", tunables, global: tiledGlobal(rows: m, cols: n), local: tileGroup,
             [.int(m), .int(n), .int(k),
              .mem(mem(a.buffer)), .int(a.offset), .int(sAm), .int(sAk),
              .mem(mem(right.buffer)), .int(right.offset), .int(sBk), .int(sBn),
@@ -119,7 +127,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         try Check.owner(self, [x, gram], op: "accumulateGram")
         try Check.gram(x, gram)
         try runtime.launch(
-            "gram_accumulate", in: "gram", global: tiledGlobal(rows: x.cols, cols: x.cols), local: tileGroup,
+            "gram_accumulate", in: "gram", tunables, global: tiledGlobal(rows: x.cols, cols: x.cols), local: tileGroup,
             [.int(x.rows), .int(x.cols), .mem(mem(x.buffer)), .int(x.offset), .int(x.rowStride),
              .mem(mem(gram.buffer)), .int(gram.offset), .int(gram.rowStride)])
     }
@@ -135,7 +143,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         try Check.multiplyLower(w, lower, out)
         let wt = Self.whitenTile
         try runtime.launch(
-            "lower_multiply", in: "whiten", global: [w.cols, w.rows], local: [wt, wt],
+            "lower_multiply", in: "whiten", tunables, global: [w.cols, w.rows], local: [wt, wt],
             [.int(w.rows), .int(w.cols), .mem(mem(w.buffer)), .int(w.offset), .int(w.rowStride),
              .mem(mem(lower.buffer)), .int(lower.offset), .int(lower.rowStride),
              .mem(mem(out.buffer)), .int(out.offset), .int(out.rowStride)])
@@ -150,7 +158,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
             throw .invalidArgument(op: "solveLowerRight", detail: "lower[\(i), \(i)] = \(l[i, i])")
         }
         try runtime.launch(
-            "lower_solve_right", in: "whiten", global: [y.rows], local: nil,
+            "lower_solve_right", in: "whiten", tunables, global: [y.rows], local: nil,
             [.int(y.rows), .int(y.cols), .mem(mem(y.buffer)), .int(y.offset), .int(y.rowStride),
              .mem(mem(lower.buffer)), .int(lower.offset), .int(lower.rowStride)])
     }
@@ -166,18 +174,18 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         let pNorms = try makeBuffer(.float32, count: m), cNorms = try makeBuffer(.float32, count: k)
         for (v, out) in [(points, pNorms), (centroids, cNorms)] {
             try runtime.launch(
-                "row_sq_norms", in: "kmeans", global: [v.rows], local: nil,
+                "row_sq_norms", in: "kmeans", tunables, global: [v.rows], local: nil,
                 [.int(v.rows), .int(v.cols), .mem(mem(v.buffer)), .int(v.offset), .int(v.rowStride), .mem(mem(out))])
         }
         // B(j, c) = C(c, j); CPU drivers read a transposed copy so B is row-contiguous.
         var right = centroids
         var (sBk, sBn) = (1, centroids.rowStride)
-        if !runtime.tunables.useLocalMemory {
+        if !tunables.useLocalMemory {
             right = try transposed(centroids)
             (sBk, sBn) = (right.rowStride, 1)
         }
         try runtime.launch(
-            "kmeans_distances", in: "kmeans", global: tiledGlobal(rows: m, cols: k), local: tileGroup,
+            "kmeans_distances", in: "kmeans", tunables, global: tiledGlobal(rows: m, cols: k), local: tileGroup,
             [.int(m), .int(k), .int(d), .mem(mem(points.buffer)), .int(points.offset), .int(points.rowStride),
              .mem(mem(right.buffer)), .int(right.offset), .int(sBk), .int(sBn),
              .mem(mem(pNorms)), .mem(mem(cNorms)),
@@ -188,7 +196,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         try Check.owner(self, [distances], op: "kmeansAssign")
         try Check.kmeansAssign(distances, labels, minima)
         try runtime.launch(
-            "kmeans_argmin", in: "kmeans", global: [distances.rows], local: nil,
+            "kmeans_argmin", in: "kmeans", tunables, global: [distances.rows], local: nil,
             [.int(distances.rows), .int(distances.cols), .mem(mem(distances.buffer)), .int(distances.offset),
              .int(distances.rowStride), .mem(mem(labels)), .mem(mem(minima))])
     }
@@ -217,7 +225,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         }
         let orderBuffer = try upload(order), startsBuffer = try upload(starts)
         try runtime.launch(
-            "kmeans_sums", in: "kmeans", global: [points.cols, k], local: nil,
+            "kmeans_sums", in: "kmeans", tunables, global: [points.cols, k], local: nil,
             [.int(points.cols), .int(k), .mem(mem(points.buffer)), .int(points.offset), .int(points.rowStride),
              .mem(mem(orderBuffer)), .mem(mem(startsBuffer)),
              .mem(mem(sums.buffer)), .int(sums.offset), .int(sums.rowStride)])

@@ -123,7 +123,13 @@ public enum OpenCLDevices {
 }
 
 /// Kernel tunables per device type (see kernels/common.cl), passed as -D at build time.
-public struct KernelTunables: Sendable, Equatable {
+public struct KernelTunables: Sendable, Equatable, Codable {
+    public init(tileSize: Int, reductionStep: Int, useLocalMemory: Bool) {
+        self.tileSize = tileSize
+        self.reductionStep = reductionStep
+        self.useLocalMemory = useLocalMemory
+    }
+
     public var tileSize: Int        // TS
     public var reductionStep: Int   // TK
     public var useLocalMemory: Bool // USE_LOCAL
@@ -148,7 +154,6 @@ final class OpenCLRuntime: @unchecked Sendable {
     let device: cl_device_id
     let context: cl_context
     let queue: cl_command_queue
-    let tunables: KernelTunables
     let kernelDirectory: String?
     let lock = NSRecursiveLock()
     private var programs: [String: cl_program] = [:]
@@ -172,7 +177,6 @@ final class OpenCLRuntime: @unchecked Sendable {
     private init(_ handle: OpenCLDevices.Handle, kernelDirectory: String?) throws(SheafError) {
         info = handle.info
         device = handle.device
-        tunables = KernelTunables.forDevice(handle.info)
         self.kernelDirectory = kernelDirectory
         guard info.fp64 else {
             throw .backendUnavailable(
@@ -213,22 +217,24 @@ final class OpenCLRuntime: @unchecked Sendable {
         return try load("common") + "\n#line 1 \"\(file).cl\"\n" + load(file)
     }
 
-    /// The kernel `name` from kernels/<file>.cl, built once per process.
-    func kernel(_ name: String, in file: String) throws(SheafError) -> cl_kernel {
+    /// The kernel `name` from kernels/<file>.cl built with `tunables`, built once per process.
+    func kernel(_ name: String, in file: String, _ tunables: KernelTunables) throws(SheafError) -> cl_kernel {
         lock.lock()
         defer { lock.unlock() }
-        if let k = kernels[name] { return k }
-        let program = try program(file)
+        let key = "\(name)|\(tunables.buildOptions)"
+        if let k = kernels[key] { return k }
+        let program = try program(file, tunables)
         var code: cl_int = 0
         guard let k = clCreateKernel(program, name, &code), code == CL_SUCCESS else {
             throw .openCL(call: "clCreateKernel", code: code, detail: "\(name) in \(file).cl")
         }
-        kernels[name] = k
+        kernels[key] = k
         return k
     }
 
-    private func program(_ file: String) throws(SheafError) -> cl_program {
-        if let p = programs[file] { return p }
+    private func program(_ file: String, _ tunables: KernelTunables) throws(SheafError) -> cl_program {
+        let key = "\(file)|\(tunables.buildOptions)"
+        if let p = programs[key] { return p }
         let text = try source(of: file)
         var code: cl_int = 0
         let program: cl_program? = text.withCString { cstr in
@@ -247,7 +253,7 @@ final class OpenCLRuntime: @unchecked Sendable {
             if built == CL_BUILD_PROGRAM_FAILURE { throw .kernelBuild(file: file, device: info.name, log: log) }
             throw .openCL(call: "clBuildProgram", code: built, detail: "\(file).cl with \(tunables.buildOptions): \(log)")
         }
-        programs[file] = program
+        programs[key] = program
         return program
     }
 
@@ -268,10 +274,12 @@ final class OpenCLRuntime: @unchecked Sendable {
 
     /// Sets the arguments and enqueues `name` over `global` (rounded up to multiples of
     /// `local` when given).
-    func launch(_ name: String, in file: String, global: [Int], local: [Int]?, _ args: [Arg]) throws(SheafError) {
+    func launch(
+        _ name: String, in file: String, _ tunables: KernelTunables, global: [Int], local: [Int]?, _ args: [Arg]
+    ) throws(SheafError) {
         lock.lock()
         defer { lock.unlock() }
-        let k = try kernel(name, in: file)
+        let k = try kernel(name, in: file, tunables)
         for (i, arg) in args.enumerated() {
             let code: cl_int
             switch arg {

@@ -1,0 +1,47 @@
+import COpenBLAS
+import Foundation
+import SheafCore
+
+/// What `sheaf doctor` reports: the devices, OpenBLAS, the backend `auto` picks, and a quick
+/// parity check of every op on every available backend against the reference.
+public struct DoctorReport: Sendable, Codable {
+    public struct OpenBLASInfo: Sendable, Codable {
+        public var core: String
+        public var threads: Int
+        public var config: String
+    }
+
+    public var openCLDevices: [OpenCLDeviceInfo]
+    /// Why OpenCL could not be listed or started, when it could not.
+    public var openCLError: String?
+    public var openCLTunables: KernelTunables?
+    public var openBLAS: OpenBLASInfo
+    public var autoBackend: String
+    public var parity: [ParityResult]
+    public var passed: Bool { openCLError == nil && parity.allSatisfy(\.passed) }
+}
+
+public enum Doctor {
+    /// Runs the checks. OpenCL problems are reported in the report (and fail it), not thrown.
+    public static func run(options: BackendOptions) -> DoctorReport {
+        let cpu = CPUBackend(threads: options.threads)
+        let reference = ReferenceBackend()
+        var devices: [OpenCLDeviceInfo] = []
+        var openCLError: String?
+        var tunables: KernelTunables?
+        var parity = Parity.quickSuite(cpu, reference)
+        do throws(SheafError) {
+            devices = try OpenCLDevices.list()
+            let opencl = try OpenCLBackend(device: options.openCLDevice, kernelDirectory: options.kernelDirectory)
+            tunables = opencl.tunables
+            try opencl.buildAllKernels()
+            parity += Parity.quickSuite(opencl, reference)
+        } catch {
+            openCLError = error.description
+        }
+        return DoctorReport(
+            openCLDevices: devices, openCLError: openCLError, openCLTunables: tunables,
+            openBLAS: .init(core: CPUBackend.openBLASCore, threads: cpu.threads, config: CPUBackend.openBLASConfig),
+            autoBackend: BackendSelection.resolveAuto(options).rawValue, parity: parity)
+    }
+}

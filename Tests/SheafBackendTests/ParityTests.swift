@@ -1,0 +1,104 @@
+import SheafBackend
+import SheafCore
+import Testing
+
+/// Every op on every backend against the Float64 reference, at the sizes that catch bugs:
+/// 1, 7, 33, 257, non-multiples of the 64 and 16 tiles, strided views, two seeds.
+extension BackendSuites {
+    @Suite struct OpParity {
+        static let shapes: [(Int, Int, Int)] = [
+            (1, 1, 1), (7, 33, 1), (33, 7, 257), (257, 65, 33), (65, 129, 257), (1, 257, 7), (129, 1, 65), (17, 100, 300),
+        ]
+
+        @Test(arguments: Backends.Name.allCases)
+        func gemm(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for (i, (m, n, k)) in Self.shapes.enumerated() {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    for strided in [false, true] {
+                        let (alpha, beta): (Float, Float) = i % 2 == 0 ? (1, 0) : (-0.75, 1.5)
+                        expectPass(try Parity.gemm(
+                            be, Backends.reference, m: m, n: n, k: k, transposeA: ta, transposeB: tb,
+                            alpha: alpha, beta: beta, strided: strided, seed: UInt64(i * 8 + (ta ? 2 : 0) + (tb ? 1 : 0))))
+                    }
+                }
+            }
+        }
+
+        @Test(arguments: Backends.Name.allCases)
+        func gram(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for (rows, d) in [(1, 1), (7, 7), (33, 1), (1, 33), (257, 33), (100, 257), (300, 65), (129, 130)] {
+                for strided in [false, true] {
+                    for seed: UInt64 in [1, 2] {
+                        expectPass(try Parity.gram(be, Backends.reference, rows: rows, d: d, chunks: 3, strided: strided, seed: seed))
+                    }
+                }
+            }
+        }
+
+        @Test(arguments: Backends.Name.allCases)
+        func cholesky(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for n in [1, 7, 33, 65] {
+                expectPass(try Parity.cholesky(be, Backends.reference, n: n, indefinite: false, seed: UInt64(n)))
+                expectPass(try Parity.cholesky(be, Backends.reference, n: n, indefinite: true, seed: UInt64(n)))
+            }
+        }
+
+        @Test(arguments: Backends.Name.allCases)
+        func whiteningProducts(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for (m, n) in [(1, 1), (7, 33), (33, 7), (257, 17), (40, 65)] {
+                for strided in [false, true] {
+                    expectPass(try Parity.multiplyLower(be, Backends.reference, m: m, n: n, strided: strided, seed: UInt64(m + n)))
+                    expectPass(try Parity.solveLower(be, Backends.reference, m: m, n: n, strided: strided, seed: UInt64(m * n)))
+                }
+            }
+        }
+
+        @Test(arguments: Backends.Name.allCases)
+        func kmeans(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for (m, k, d) in [(1, 1, 1), (7, 1, 33), (33, 7, 1), (257, 33, 65), (100, 257, 17), (65, 17, 129)] {
+                for strided in [false, true] {
+                    expectPass(try Parity.kmeansDistances(be, Backends.reference, m: m, k: k, d: d, strided: strided, seed: UInt64(m)))
+                    expectPass(try Parity.kmeansAccumulate(be, Backends.reference, m: m, k: k, d: d, strided: strided, seed: UInt64(k)))
+                }
+                expectPass(try Parity.kmeansAssign(be, Backends.reference, m: m, k: k, seed: UInt64(d)))
+            }
+        }
+
+        /// Lloyd's iterations from the same initial centroids reach the same objective.
+        @Test(arguments: Backends.Name.allCases)
+        func kmeansObjective(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            let points = Matrix<Float>.random(rows: 300, cols: 24, seed: 9)
+            var initial = Matrix<Float>.zeros(rows: 12, cols: 24)
+            for c in 0..<12 { for j in 0..<24 { initial[c, j] = points[c * 25, j] } }
+            let got = try lloydObjective(be, points, initial, iterations: 6)
+            let want = try lloydObjective(Backends.reference, points, initial, iterations: 6)
+            #expect(abs(got - want) <= 1e-5 * want, "objective \(got) vs reference \(want)")
+        }
+
+        func lloydObjective(_ be: any Backend, _ points: Matrix<Float>, _ initial: Matrix<Float>, iterations: Int) throws -> Double {
+            let p = try be.upload(points)
+            var centroids = initial
+            let m = points.rows, k = initial.rows, d = points.cols
+            let labels = try be.makeBuffer(.int32, count: m), minima = try be.makeBuffer(.float32, count: m)
+            var objective = 0.0
+            for _ in 0..<iterations {
+                let dist = try be.zeros(.float32, rows: m, cols: k)
+                try be.kmeansDistances(points: p, centroids: be.upload(centroids), into: dist)
+                try be.kmeansAssign(distances: dist, labels: labels, minima: minima)
+                let sums = try be.zeros(.float64, rows: k, cols: d), counts = try be.makeBuffer(.int32, count: k)
+                try be.kmeansAccumulate(points: p, labels: labels, sums: sums, counts: counts)
+                let s: Matrix<Double> = try be.download(sums)
+                let n: [Int32] = try be.download(counts)
+                for c in 0..<k where n[c] > 0 { for j in 0..<d { centroids[c, j] = Float(s[c, j] / Double(n[c])) } }
+                objective = (try be.download(minima) as [Float]).reduce(0.0) { $0 + Double($1) }
+            }
+            return objective
+        }
+    }
+}
