@@ -21,6 +21,13 @@ public struct BenchReport: Sendable, Codable {
     public var threads: Int
     public var openCLDevice: String?
     public var results: [BenchResult]
+
+    public init(machine: MachinePeak, threads: Int, openCLDevice: String?, results: [BenchResult]) {
+        self.machine = machine
+        self.threads = threads
+        self.openCLDevice = openCLDevice
+        self.results = results
+    }
 }
 
 /// The float32 peak of the host CPU: cores × clock × flops per cycle (FMA width × 2 FMA units).

@@ -183,7 +183,10 @@ public enum Parity {
         throws(SheafError) -> ParityResult
     {
         var a = spd(n, seed: seed)
-        if indefinite { for i in 0..<n { a[i, i] -= 0.5 + (ReferenceBackend.jacobiEigenvalues(a).min() ?? 0) } }
+        if indefinite {
+            let lambdaMin = ReferenceBackend.jacobiEigenvalues(a).min() ?? 0
+            for i in 0..<n { a[i, i] -= 0.5 + lambdaMin }
+        }
         let f = try backend.cholesky(a), r = try reference.cholesky(a)
         let (residual, lower) = choleskyResidual(a, f)
         var failure = lower ? "" : "factor is not lower-triangular"

@@ -92,10 +92,12 @@ public final class ReferenceBackend: HostMemoryBackend, @unchecked Sendable {
     public static func jacobiEigenvalues(_ input: Matrix<Double>) -> [Double] {
         var a = input
         let n = a.rows
+        var total = 0.0
+        for v in a.values { total += v * v }
         for _ in 0..<100 {
             var off = 0.0
             for i in 0..<n { for j in 0..<n where i != j { off += a[i, j] * a[i, j] } }
-            if off < 1e-30 { break }
+            if off <= 1e-30 * total { break }
             for p in 0..<n {
                 for q in (p + 1)..<n where a[p, q] != 0 {
                     let theta = (a[q, q] - a[p, p]) / (2 * a[p, q])

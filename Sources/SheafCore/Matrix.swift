@@ -3,6 +3,8 @@ public struct Matrix<Element: Sendable>: Sendable {
     public let rows: Int
     public let cols: Int
     public var values: [Element]
+    // Members are @inlinable so loops in other modules specialise for Float/Double instead of
+    // going through generic metadata on every element access.
 
     public init(rows: Int, cols: Int, values: [Element]) throws(SheafError) {
         guard rows >= 0, cols >= 0, values.count == rows * cols else {
@@ -14,23 +16,23 @@ public struct Matrix<Element: Sendable>: Sendable {
         self.values = values
     }
 
-    public init(rows: Int, cols: Int, repeating value: Element) {
+    @inlinable public init(rows: Int, cols: Int, repeating value: Element) {
         self.rows = max(rows, 0)
         self.cols = max(cols, 0)
         self.values = Array(repeating: value, count: self.rows * self.cols)
     }
 
-    public var count: Int { rows * cols }
+    @inlinable public var count: Int { rows * cols }
     public var shape: String { "(\(rows), \(cols))" }
 
-    public subscript(row: Int, col: Int) -> Element {
+    @inlinable public subscript(row: Int, col: Int) -> Element {
         get { values[row * cols + col] }
         set { values[row * cols + col] = newValue }
     }
 }
 
 extension Matrix where Element: BinaryFloatingPoint {
-    public static func zeros(rows: Int, cols: Int) -> Matrix { Matrix(rows: rows, cols: cols, repeating: 0) }
+    @inlinable public static func zeros(rows: Int, cols: Int) -> Matrix { Matrix(rows: rows, cols: cols, repeating: 0) }
 
     public static func identity(_ n: Int) -> Matrix {
         var m = zeros(rows: n, cols: n)
@@ -74,7 +76,7 @@ extension Matrix where Element == Double {
 
 extension Matrix {
     /// For callers that built `values` with exactly rows * cols elements.
-    package init(unchecked rows: Int, _ cols: Int, _ values: [Element]) {
+    @inlinable package init(unchecked rows: Int, _ cols: Int, _ values: [Element]) {
         self.rows = rows
         self.cols = cols
         self.values = values

@@ -1,6 +1,36 @@
-import SheafBackend
+import Foundation
 import SheafCore
-let ref = ReferenceBackend()
-for be: any Backend in [CPUBackend(), try! OpenCLBackend()] {
-  for r in Parity.quickSuite(be, ref) { print(r.backend, r.op, r.shape, r.error, r.passed ? "PASS" : "FAIL " + r.failure) }
+
+// The CLI's top level: dispatch, and turn every error into one line and a non-zero exit.
+let args = Array(CommandLine.arguments.dropFirst())
+let status: Int32
+do {
+    switch args.first {
+    case nil, "help", "--help", "-h":
+        switch args.dropFirst().first {
+        case "doctor": print(doctorHelp)
+        case "bench": print(benchHelp)
+        case "compress": print(compressHelp)
+        default: print(mainHelp)
+        }
+        status = 0
+    case "--version", "version":
+        print("sheaf \(version)")
+        status = 0
+    case "doctor": status = try Commands.doctor(Array(args.dropFirst()))
+    case "bench": status = try Commands.bench(Array(args.dropFirst()))
+    case "compress": status = try Commands.compress(Array(args.dropFirst()))
+    case let other?:
+        throw UsageError(description: "unknown command '\(other)'")
+    }
+} catch let error as UsageError {
+    note("sheaf: error: \(error.description) (see 'sheaf --help')")
+    status = 2
+} catch let error as SheafError {
+    note("sheaf: error: \(error.description)")
+    status = 1
+} catch {
+    note("sheaf: error: \(error)")
+    status = 1
 }
+exit(status)

@@ -1,0 +1,30 @@
+import Foundation
+import SheafBackend
+
+/// The environment variables Sheaf reads. Only the CLI reads them; the library takes options.
+enum Env {
+    static func get(_ name: String) -> String? {
+        guard let v = ProcessInfo.processInfo.environment[name], !v.isEmpty else { return nil }
+        return v
+    }
+
+    /// Backend options from SHEAF_THREADS, SHEAF_OPENCL_DEVICE and SHEAF_KERNEL_DIR.
+    static func backendOptions() throws(UsageError) -> BackendOptions {
+        var threads: Int?
+        if let t = get("SHEAF_THREADS") {
+            guard let n = Int(t), n > 0 else { throw UsageError(description: "SHEAF_THREADS must be a positive integer, got '\(t)'") }
+            threads = n
+        }
+        return BackendOptions(
+            threads: threads, openCLDevice: get("SHEAF_OPENCL_DEVICE"), kernelDirectory: get("SHEAF_KERNEL_DIR"))
+    }
+
+    /// `--backend` if given, else SHEAF_BACKEND, else auto.
+    static func backendChoice(_ flag: String?) throws(UsageError) -> BackendChoice {
+        let raw = flag ?? get("SHEAF_BACKEND") ?? "auto"
+        guard let choice = BackendChoice(rawValue: raw), choice != .reference else {
+            throw UsageError(description: "unknown backend '\(raw)' (expected auto, cpu or opencl)")
+        }
+        return choice
+    }
+}
