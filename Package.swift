@@ -21,6 +21,7 @@ let package = Package(
         .target(name: "SheafCore"),
         .target(name: "SheafBackend", dependencies: ["SheafCore", "COpenCL", "COpenBLAS", "CKernels"]),
         .executableTarget(name: "sheaf", dependencies: ["SheafCore", "SheafBackend"]),
-        .testTarget(name: "SheafBackendTests", dependencies: ["SheafCore", "SheafBackend"]),
+        // Depends on the executable so `swift test` builds the `sheaf` binary the CLI tests run.
+        .testTarget(name: "SheafBackendTests", dependencies: ["SheafCore", "SheafBackend", "sheaf"]),
     ]
 )

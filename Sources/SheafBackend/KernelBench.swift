@@ -54,12 +54,16 @@ public struct MachinePeak: Sendable, Codable {
 /// `sheaf bench kernels`: throughput of every op on each backend at realistic sizes, next to
 /// OpenBLAS on the same data.
 public enum KernelBench {
+    public static let families: Set<String> = ["gram", "gemm", "kmeans"]
+
     public struct Sizes: Sendable {
         public var gramRows = 8192
         public var gramDims = [576, 1536, 4096]
         public var gemmSize = 2048
         public var kmeansPoints = 4096, kmeansDim = 4096, kmeansClusters = 256
         public var minSeconds = 1.0
+        /// Which op families to run: "gram", "gemm", "kmeans".
+        public var families: Set<String> = KernelBench.families
         public init() {}
 
         /// Small sizes for a smoke run (tests, quick checks).
@@ -71,17 +75,32 @@ public enum KernelBench {
         }
     }
 
-    /// Best time of `body` over runs totalling at least `minSeconds` (at least 2), after one warm-up.
-    static func time(minSeconds: Double, _ body: () throws(SheafError) -> Void) throws(SheafError) -> Double {
-        try body()
-        var best = Double.infinity, total = 0.0, runs = 0
-        while runs < 2 || total < minSeconds {
-            let t0 = monotonicSeconds()
-            try body()
-            let dt = monotonicSeconds() - t0
-            best = min(best, dt)
-            total += dt
-            runs += 1
+    /// One timed body: an op on one backend (or the OpenBLAS baseline) at one shape.
+    struct Case {
+        var op: String
+        var backend: String
+        var shape: String
+        var flops: Double
+        var bytes: Double?
+        var body: () throws(SheafError) -> Void
+    }
+
+    /// Best time of each case. The cases of one op and shape are run round-robin (after a
+    /// warm-up of each) until every one has run at least twice and `minSeconds` have passed, so
+    /// a burst of load from other processes hits them alike and the ratios stay fair.
+    static func timeRoundRobin(_ cases: [Case], minSeconds: Double) throws(SheafError) -> [Double] {
+        for c in cases { try c.body() }
+        var best = [Double](repeating: .infinity, count: cases.count)
+        var total = 0.0, rounds = 0
+        while rounds < 2 || total < minSeconds {
+            for (i, c) in cases.enumerated() {
+                let t0 = monotonicSeconds()
+                try c.body()
+                let dt = monotonicSeconds() - t0
+                best[i] = min(best[i], dt)
+                total += dt
+            }
+            rounds += 1
         }
         return best
     }
@@ -90,85 +109,96 @@ public enum KernelBench {
         backends: [any Backend], sizes: Sizes = Sizes(), progress: (String) -> Void = { _ in }
     ) throws(SheafError) -> [BenchResult] {
         var results: [BenchResult] = []
-        func add(_ op: String, _ backend: String, _ shape: String, _ seconds: Double, flops: Double, bytes: Double? = nil) {
-            results.append(BenchResult(
-                op: op, backend: backend, shape: shape, seconds: seconds, gflops: flops / seconds / 1e9,
-                gbPerSecond: bytes.map { $0 / seconds / 1e9 }))
-            progress("\(op) \(backend) \(shape): \(String(format: "%.3f", seconds)) s")
+        func measure(_ cases: [Case]) throws(SheafError) {
+            let times = try timeRoundRobin(cases, minSeconds: sizes.minSeconds)
+            for (c, t) in zip(cases, times) {
+                results.append(BenchResult(
+                    op: c.op, backend: c.backend, shape: c.shape, seconds: t, gflops: c.flops / t / 1e9,
+                    gbPerSecond: c.bytes.map { $0 / t / 1e9 }))
+                progress("\(c.op) \(c.backend) \(c.shape): \(String(format: "%.4f", t)) s")
+            }
         }
 
-        // Gram: rows·d² flops counted as for syrk (the symmetric half, 2 flops per multiply-add).
-        for d in sizes.gramDims {
-            let x = Matrix<Float>.random(rows: sizes.gramRows, cols: d, seed: UInt64(d))
-            let shape = "\(sizes.gramRows) x \(d)"
-            let flops = Double(sizes.gramRows) * Double(d) * Double(d + 1)
-            var scratch = [Float](repeating: 0, count: d * d)
-            let t = try time(minSeconds: sizes.minSeconds) { () throws(SheafError) in
-                x.values.withUnsafeBufferPointer { xp in
-                    scratch.withUnsafeMutableBufferPointer { c in
-                        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(sizes.gramRows), 1,
-                                    xp.baseAddress, Int32(d), 0, c.baseAddress, Int32(d))
+        // Gram: rows·d·(d+1) flops, counted as for syrk (the symmetric half, 2 per multiply-add).
+        if sizes.families.contains("gram") {
+            for d in sizes.gramDims {
+                let rows = sizes.gramRows
+                let x = Matrix<Float>.random(rows: rows, cols: d, seed: UInt64(d))
+                let shape = "\(rows) x \(d)", flops = Double(rows) * Double(d) * Double(d + 1)
+                var scratch = [Float](repeating: 0, count: d * d)
+                var cases = [Case(op: "gram", backend: "openblas ssyrk", shape: shape, flops: flops) {
+                    x.values.withUnsafeBufferPointer { xp in
+                        scratch.withUnsafeMutableBufferPointer { c in
+                            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, Int32(d), Int32(rows), 1,
+                                        xp.baseAddress, Int32(d), 0, c.baseAddress, Int32(d))
+                        }
                     }
+                }]
+                for be in backends {
+                    let xv = try be.upload(x), g = try be.zeros(.float64, rows: d, cols: d)
+                    cases.append(Case(op: "gram", backend: be.kind.rawValue, shape: shape, flops: flops) { () throws(SheafError) in
+                        try be.accumulateGram(xv, into: g)
+                        try be.synchronize()
+                    })
                 }
-            }
-            add("gram", "openblas ssyrk", shape, t, flops: flops)
-            for be in backends {
-                let xv = try be.upload(x), g = try be.zeros(.float64, rows: d, cols: d)
-                let t = try time(minSeconds: sizes.minSeconds) { () throws(SheafError) in
-                    try be.accumulateGram(xv, into: g)
-                    try be.synchronize()
-                }
-                add("gram", be.kind.rawValue, shape, t, flops: flops)
+                try measure(cases)
             }
         }
 
         // GEMM n³: 2n³ flops.
-        let n = sizes.gemmSize
-        let a = Matrix<Float>.random(rows: n, cols: n, seed: 1), b = Matrix<Float>.random(rows: n, cols: n, seed: 2)
-        var c = [Float](repeating: 0, count: n * n)
-        let gemmFlops = 2 * Double(n) * Double(n) * Double(n)
-        let tg = try time(minSeconds: sizes.minSeconds) { () throws(SheafError) in
-            c.withUnsafeMutableBufferPointer { cp in
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1,
-                            a.values, Int32(n), b.values, Int32(n), 0, cp.baseAddress, Int32(n))
+        if sizes.families.contains("gemm") {
+            let n = sizes.gemmSize, shape = "\(n)³", flops = 2 * Double(n) * Double(n) * Double(n)
+            let a = Matrix<Float>.random(rows: n, cols: n, seed: 1), b = Matrix<Float>.random(rows: n, cols: n, seed: 2)
+            var c = [Float](repeating: 0, count: n * n)
+            var cases = [Case(op: "gemm", backend: "openblas sgemm", shape: shape, flops: flops) {
+                c.withUnsafeMutableBufferPointer { cp in
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(n), Int32(n), 1,
+                                a.values, Int32(n), b.values, Int32(n), 0, cp.baseAddress, Int32(n))
+                }
+            }]
+            for be in backends {
+                let av = try be.upload(a), bv = try be.upload(b), cv = try be.zeros(.float32, rows: n, cols: n)
+                cases.append(Case(op: "gemm", backend: be.kind.rawValue, shape: shape, flops: flops) { () throws(SheafError) in
+                    try be.gemm(av, transposeA: false, bv, transposeB: false, into: cv, alpha: 1, beta: 0)
+                    try be.synchronize()
+                })
             }
-        }
-        add("gemm", "openblas sgemm", "\(n)³", tg, flops: gemmFlops)
-        for be in backends {
-            let av = try be.upload(a), bv = try be.upload(b), cv = try be.zeros(.float32, rows: n, cols: n)
-            let t = try time(minSeconds: sizes.minSeconds) { () throws(SheafError) in
-                try be.gemm(av, transposeA: false, bv, transposeB: false, into: cv, alpha: 1, beta: 0)
-                try be.synchronize()
-            }
-            add("gemm", be.kind.rawValue, "\(n)³", t, flops: gemmFlops)
+            try measure(cases)
         }
 
-        // K-means: distances 2·m·k·d flops; assignment and sums are bandwidth-bound.
-        let (m, d, k) = (sizes.kmeansPoints, sizes.kmeansDim, sizes.kmeansClusters)
-        let points = Matrix<Float>.random(rows: m, cols: d, seed: 3), cents = Matrix<Float>.random(rows: k, cols: d, seed: 4)
-        var rng = SplitMix64(seed: 5)
-        let randomLabels = (0..<m).map { _ in Int32(rng.next() % UInt64(k)) }
-        for be in backends {
-            let pv = try be.upload(points), cv = try be.upload(cents), dist = try be.zeros(.float32, rows: m, cols: k)
-            let t = try time(minSeconds: sizes.minSeconds) { () throws(SheafError) in
-                try be.kmeansDistances(points: pv, centroids: cv, into: dist)
-                try be.synchronize()
+        // K-means: distances 2·m·k·d flops (a GEMM); assignment and sums are bandwidth-bound.
+        if sizes.families.contains("kmeans") {
+            let (m, d, k) = (sizes.kmeansPoints, sizes.kmeansDim, sizes.kmeansClusters)
+            let points = Matrix<Float>.random(rows: m, cols: d, seed: 3)
+            let cents = Matrix<Float>.random(rows: k, cols: d, seed: 4)
+            var rng = SplitMix64(seed: 5)
+            let randomLabels = (0..<m).map { _ in Int32(rng.next() % UInt64(k)) }
+            var distances: [Case] = [], assign: [Case] = [], sums: [Case] = []
+            for be in backends {
+                let name = be.kind.rawValue
+                let pv = try be.upload(points), cv = try be.upload(cents), dist = try be.zeros(.float32, rows: m, cols: k)
+                let labels = try be.makeBuffer(.int32, count: m), minima = try be.makeBuffer(.float32, count: m)
+                let lv = try be.upload(randomLabels)
+                let sv = try be.zeros(.float64, rows: k, cols: d), counts = try be.makeBuffer(.int32, count: k)
+                distances.append(Case(op: "kmeansDistances", backend: name, shape: "m \(m) d \(d) k \(k)",
+                                      flops: 2 * Double(m * k) * Double(d)) { () throws(SheafError) in
+                    try be.kmeansDistances(points: pv, centroids: cv, into: dist)
+                    try be.synchronize()
+                })
+                assign.append(Case(op: "kmeansAssign", backend: name, shape: "m \(m) k \(k)", flops: Double(m * k),
+                                   bytes: Double(m * k * 4)) { () throws(SheafError) in
+                    try be.kmeansAssign(distances: dist, labels: labels, minima: minima)
+                    try be.synchronize()
+                })
+                sums.append(Case(op: "kmeansAccumulate", backend: name, shape: "m \(m) d \(d) k \(k)", flops: Double(m * d),
+                                 bytes: Double(m * d * 4 + k * d * 8)) { () throws(SheafError) in
+                    try be.kmeansAccumulate(points: pv, labels: lv, sums: sv, counts: counts)
+                    try be.synchronize()
+                })
             }
-            add("kmeansDistances", be.kind.rawValue, "m \(m) d \(d) k \(k)", t, flops: 2 * Double(m * k) * Double(d))
-            let labels = try be.makeBuffer(.int32, count: m), minima = try be.makeBuffer(.float32, count: m)
-            let ta = try time(minSeconds: sizes.minSeconds) { () throws(SheafError) in
-                try be.kmeansAssign(distances: dist, labels: labels, minima: minima)
-                try be.synchronize()
-            }
-            add("kmeansAssign", be.kind.rawValue, "m \(m) k \(k)", ta, flops: Double(m * k), bytes: Double(m * k * 4))
-            let lv = try be.upload(randomLabels)
-            let sums = try be.zeros(.float64, rows: k, cols: d), counts = try be.makeBuffer(.int32, count: k)
-            let ts = try time(minSeconds: sizes.minSeconds) { () throws(SheafError) in
-                try be.kmeansAccumulate(points: pv, labels: lv, sums: sums, counts: counts)
-                try be.synchronize()
-            }
-            add("kmeansAccumulate", be.kind.rawValue, "m \(m) d \(d) k \(k)", ts, flops: Double(m * d),
-                bytes: Double(m * d * 4 + k * d * 8))
+            try measure(distances)
+            try measure(assign)
+            try measure(sums)
         }
 
         // Ratios to the OpenBLAS baseline on the same op and shape.

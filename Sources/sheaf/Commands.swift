@@ -37,7 +37,7 @@ let doctorHelp = """
     """
 
 let benchHelp = """
-    USAGE: sheaf bench kernels [--backend auto|cpu|opencl|all] [--quick] [--json]
+    USAGE: sheaf bench kernels [--backend auto|cpu|opencl|all] [--op gram,gemm,kmeans] [--quick] [--json]
 
     Measures each op (Gram accumulation of 8192-row chunks for d = 576, 1536, 4096; GEMM
     2048³; K-means distances, assignment and sums for 4096 points of d = 4096 against 256
@@ -46,6 +46,7 @@ let benchHelp = """
 
     OPTIONS:
       --backend B   Which backends to measure (default: all = cpu and opencl).
+      --op LIST     Only these op families (comma-separated; default: all).
       --quick       Small sizes, for a smoke run.
       --json        Print the results as one JSON object.
     """
@@ -106,7 +107,7 @@ enum Commands {
     }
 
     static func bench(_ args: [String]) throws -> Int32 {
-        let a = try Arguments(args, options: ["backend"], flags: ["json", "quick", "help"])
+        let a = try Arguments(args, options: ["backend", "op"], flags: ["json", "quick", "help"])
         if a.flag("help") { print(benchHelp); return 0 }
         guard a.positionals == ["kernels"] else {
             throw UsageError(description: "expected 'sheaf bench kernels' (the only benchmark so far)")
@@ -124,10 +125,17 @@ enum Commands {
         default:
             throw UsageError(description: "unknown backend '\(which)' (expected all, auto, cpu or opencl)")
         }
+        var sizes: KernelBench.Sizes = a.flag("quick") ? .quick : .init()
+        if let ops = a.value("op") {
+            sizes.families = Set(ops.split(separator: ",").map(String.init))
+            guard sizes.families.isSubset(of: KernelBench.families), !sizes.families.isEmpty else {
+                throw UsageError(description: "--op expects a comma-separated subset of gram, gemm, kmeans; got '\(ops)'")
+            }
+        }
         let cpu = CPUBackend(threads: options.threads)
         let peak = MachinePeak.detect(cores: ProcessInfo.processInfo.activeProcessorCount)
         let results = try KernelBench.run(
-            backends: backends, sizes: a.flag("quick") ? .quick : .init(), progress: { note("bench: " + $0) })
+            backends: backends, sizes: sizes, progress: { note("bench: " + $0) })
         let device = backends.compactMap { ($0 as? OpenCLBackend)?.deviceName }.first
         let report = BenchReport(machine: peak, threads: cpu.threads, openCLDevice: device, results: results)
         if a.flag("json") {

@@ -1,0 +1,93 @@
+import Foundation
+import Testing
+
+/// The `sheaf` binary as a user runs it: exit codes, one-line errors, JSON that parses.
+extension BackendSuites {
+    @Suite struct CLI {
+        struct Run {
+            var status: Int32
+            var stdout: String
+            var stderr: String
+        }
+
+        /// The `sheaf` executable next to the test bundle (same build configuration).
+        static var binary: URL {
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("sheaf")
+        }
+
+        func sheaf(_ args: [String], env: [String: String] = [:]) throws -> Run {
+            var binary = Self.binary
+            if !FileManager.default.fileExists(atPath: binary.path) {
+                // `swift test` may launch the bundle through a helper: fall back to the package's build folder.
+                let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..")
+                binary = ["release", "debug"].map { root.appendingPathComponent(".build/\($0)/sheaf") }
+                    .first { FileManager.default.fileExists(atPath: $0.path) } ?? binary
+            }
+            let p = Process()
+            p.executableURL = binary
+            p.arguments = args
+            p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+            let out = Pipe(), err = Pipe()
+            p.standardOutput = out
+            p.standardError = err
+            try p.run()
+            let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+            p.waitUntilExit()
+            return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        }
+
+        @Test func doctorPassesOnBothBackends() throws {
+            let r = try sheaf(["doctor", "--json"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            #expect(json?["passed"] as? Bool == true)
+            let report = json?["report"] as? [String: Any]
+            let parity = report?["parity"] as? [[String: Any]] ?? []
+            let backends = Set(parity.compactMap { $0["backend"] as? String })
+            #expect(backends == ["cpu", "opencl"], "backends checked: \(backends)")
+            #expect(parity.count == 20)
+            #expect((report?["openCLDevices"] as? [Any])?.isEmpty == false)
+        }
+
+        @Test func benchQuickPrintsFiguresAsJSON() throws {
+            let r = try sheaf(["bench", "kernels", "--quick", "--json"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            let results = json?["results"] as? [[String: Any]] ?? []
+            for (op, backend) in [("gram", "cpu"), ("gram", "opencl"), ("gram", "openblas ssyrk"), ("gemm", "openblas sgemm"),
+                                  ("kmeansDistances", "opencl")] {
+                let row = results.first { $0["op"] as? String == op && $0["backend"] as? String == backend }
+                #expect((row?["gflops"] as? Double ?? 0) > 0, "\(op) on \(backend)")
+            }
+            #expect(((json?["machine"] as? [String: Any])?["cores"] as? Int ?? 0) > 0)
+        }
+
+        @Test func errorsAreOneLineWithNonZeroExit() throws {
+            let unknown = try sheaf(["frobnicate"])
+            #expect(unknown.status == 2)
+            #expect(unknown.stderr.hasPrefix("sheaf: error: unknown command 'frobnicate'"))
+            #expect(unknown.stderr.split(separator: "\n").count == 1)
+
+            let badOption = try sheaf(["doctor", "--jsn"])
+            #expect(badOption.status == 2 && badOption.stderr.contains("--jsn"))
+
+            let noDevice = try sheaf(["bench", "kernels", "--backend", "opencl", "--quick"], env: ["SHEAF_OPENCL_DEVICE": "no-such-gpu"])
+            #expect(noDevice.status == 1)
+            #expect(noDevice.stderr.contains("no-such-gpu") && noDevice.stderr.split(separator: "\n").count == 1, "\(noDevice.stderr)")
+
+            let badBackend = try sheaf(["bench", "kernels", "--quick"], env: ["SHEAF_BACKEND": "tpu"])
+            #expect(badBackend.status == 2 && badBackend.stderr.contains("tpu"))
+
+            let compress = try sheaf(["compress", "model.gguf", "--out", "x"])
+            #expect(compress.status == 2 && compress.stderr.contains("not implemented"))
+        }
+
+        @Test func helpListsTheCommands() throws {
+            let r = try sheaf(["--help"])
+            #expect(r.status == 0)
+            for word in ["doctor", "bench kernels", "--backend", "SHEAF_OPENCL_DEVICE", "SHEAF_THREADS"] {
+                #expect(r.stdout.contains(word), "help lacks \(word)")
+            }
+        }
+    }
+}
