@@ -6,7 +6,7 @@ import PackageDescription
 let package = Package(
     name: "Sheaf",
     products: [
-        .library(name: "SheafKit", targets: ["SheafCore", "SheafBackend"]),
+        .library(name: "SheafKit", targets: ["SheafCore", "SheafBackend", "SheafIO"]),
         .executable(name: "sheaf", targets: ["sheaf"]),
     ],
     targets: [
@@ -20,8 +20,11 @@ let package = Package(
         ),
         .target(name: "SheafCore"),
         .target(name: "SheafBackend", dependencies: ["SheafCore", "COpenCL", "COpenBLAS", "CKernels"]),
-        .executableTarget(name: "sheaf", dependencies: ["SheafCore", "SheafBackend"]),
+        // safetensors and GGUF files, model configs, tokenizers.
+        .target(name: "SheafIO", dependencies: ["SheafCore"]),
+        .executableTarget(name: "sheaf", dependencies: ["SheafCore", "SheafBackend", "SheafIO"]),
         // Depends on the executable so `swift test` builds the `sheaf` binary the CLI tests run.
         .testTarget(name: "SheafBackendTests", dependencies: ["SheafCore", "SheafBackend", "sheaf"]),
+        .testTarget(name: "SheafIOTests", dependencies: ["SheafCore", "SheafIO"]),
     ]
 )

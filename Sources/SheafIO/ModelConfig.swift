@@ -1,0 +1,158 @@
+import Foundation
+import SheafCore
+
+/// The Llama-family architecture of a checkpoint, from a HuggingFace `config.json` or from
+/// GGUF metadata. Shapes: hidden `hiddenSize`, heads `headCount` × `headDim` for queries and
+/// `kvHeadCount` × `headDim` for keys and values, SwiGLU MLP of `intermediateSize`.
+public struct ModelConfig: Codable, Sendable, Equatable {
+    /// Supported `model_type` values; anything else is refused by name.
+    public static let supportedArchitectures = ["llama", "mistral", "qwen2"]
+
+    public var architecture: String
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var layerCount: Int
+    public var headCount: Int
+    public var kvHeadCount: Int
+    public var headDim: Int
+    public var vocabularySize: Int
+    public var ropeTheta: Double
+    public var rmsNormEps: Double
+    public var maxPositions: Int
+    public var tiedEmbeddings: Bool
+    /// q, k and v projections carry biases (qwen2).
+    public var attentionBias: Bool
+    public var bosTokenID: Int?
+    public var eosTokenID: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case architecture = "model_type"
+        case hiddenSize = "hidden_size"
+        case intermediateSize = "intermediate_size"
+        case layerCount = "num_hidden_layers"
+        case headCount = "num_attention_heads"
+        case kvHeadCount = "num_key_value_heads"
+        case headDim = "head_dim"
+        case vocabularySize = "vocab_size"
+        case ropeTheta = "rope_theta"
+        case rmsNormEps = "rms_norm_eps"
+        case maxPositions = "max_position_embeddings"
+        case tiedEmbeddings = "tie_word_embeddings"
+        case attentionBias = "attention_bias"
+        case bosTokenID = "bos_token_id"
+        case eosTokenID = "eos_token_id"
+    }
+
+    public init(
+        architecture: String, hiddenSize: Int, intermediateSize: Int, layerCount: Int, headCount: Int,
+        kvHeadCount: Int, headDim: Int? = nil, vocabularySize: Int, ropeTheta: Double, rmsNormEps: Double,
+        maxPositions: Int, tiedEmbeddings: Bool, attentionBias: Bool? = nil, bosTokenID: Int? = nil,
+        eosTokenID: Int? = nil
+    ) throws(SheafError) {
+        self.architecture = architecture
+        self.hiddenSize = hiddenSize
+        self.intermediateSize = intermediateSize
+        self.layerCount = layerCount
+        self.headCount = headCount
+        self.kvHeadCount = kvHeadCount
+        self.headDim = headDim ?? (headCount > 0 ? hiddenSize / headCount : 0)
+        self.vocabularySize = vocabularySize
+        self.ropeTheta = ropeTheta
+        self.rmsNormEps = rmsNormEps
+        self.maxPositions = maxPositions
+        self.tiedEmbeddings = tiedEmbeddings
+        self.attentionBias = attentionBias ?? (architecture == "qwen2")
+        self.bosTokenID = bosTokenID
+        self.eosTokenID = eosTokenID
+        try validate()
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let arch = try c.decodeIfPresent(String.self, forKey: .architecture) ?? "(missing model_type)"
+        let heads = try c.decode(Int.self, forKey: .headCount)
+        let hidden = try c.decode(Int.self, forKey: .hiddenSize)
+        // eos_token_id may be a list in newer configs: keep the first.
+        let eos = (try? c.decodeIfPresent(Int.self, forKey: .eosTokenID))
+            ?? (try? c.decodeIfPresent([Int].self, forKey: .eosTokenID))?.first
+        try self.init(
+            architecture: arch, hiddenSize: hidden,
+            intermediateSize: try c.decode(Int.self, forKey: .intermediateSize),
+            layerCount: try c.decode(Int.self, forKey: .layerCount), headCount: heads,
+            kvHeadCount: try c.decodeIfPresent(Int.self, forKey: .kvHeadCount) ?? heads,
+            headDim: try c.decodeIfPresent(Int.self, forKey: .headDim),
+            vocabularySize: try c.decode(Int.self, forKey: .vocabularySize),
+            ropeTheta: try c.decodeIfPresent(Double.self, forKey: .ropeTheta) ?? 10_000,
+            rmsNormEps: try c.decodeIfPresent(Double.self, forKey: .rmsNormEps) ?? 1e-6,
+            maxPositions: try c.decodeIfPresent(Int.self, forKey: .maxPositions) ?? 2048,
+            tiedEmbeddings: try c.decodeIfPresent(Bool.self, forKey: .tiedEmbeddings) ?? false,
+            attentionBias: try c.decodeIfPresent(Bool.self, forKey: .attentionBias),
+            bosTokenID: try? c.decodeIfPresent(Int.self, forKey: .bosTokenID), eosTokenID: eos)
+    }
+
+    public func validate() throws(SheafError) {
+        let op = "model config"
+        guard Self.supportedArchitectures.contains(architecture) else {
+            throw .invalidArgument(
+                op: op,
+                detail: "unsupported architecture '\(architecture)' (supported: \(Self.supportedArchitectures.joined(separator: ", ")))")
+        }
+        for (name, v) in [
+            ("hidden_size", hiddenSize), ("intermediate_size", intermediateSize), ("num_hidden_layers", layerCount),
+            ("num_attention_heads", headCount), ("num_key_value_heads", kvHeadCount), ("head_dim", headDim),
+            ("vocab_size", vocabularySize), ("max_position_embeddings", maxPositions),
+        ] where v <= 0 {
+            throw .invalidArgument(op: op, detail: "\(name) must be positive, got \(v)")
+        }
+        guard headCount % kvHeadCount == 0 else {
+            throw .invalidArgument(op: op, detail: "num_attention_heads \(headCount) is not a multiple of num_key_value_heads \(kvHeadCount)")
+        }
+        guard headDim % 2 == 0 else { throw .invalidArgument(op: op, detail: "head_dim \(headDim) must be even for RoPE") }
+        guard ropeTheta > 0, rmsNormEps > 0 else {
+            throw .invalidArgument(op: op, detail: "rope_theta \(ropeTheta) and rms_norm_eps \(rmsNormEps) must be positive")
+        }
+    }
+
+    /// Reads `config.json`.
+    public static func load(configJSON path: String) throws(SheafError) -> ModelConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw .io(path: path, detail: "cannot read config.json")
+        }
+        do { return try JSONDecoder().decode(ModelConfig.self, from: data) } catch let e as SheafError {
+            throw .io(path: path, detail: e.description)
+        } catch let DecodingError.keyNotFound(key, _) {
+            throw .io(path: path, detail: "missing key '\(key.stringValue)'")
+        } catch let DecodingError.typeMismatch(_, context) {
+            throw .io(path: path, detail: "wrong type at '\(context.codingPath.map(\.stringValue).joined(separator: "."))'")
+        } catch {
+            throw .io(path: path, detail: "invalid config.json: \(error.localizedDescription)")
+        }
+    }
+
+    /// The HuggingFace `config.json` for this architecture (the fields transformers reads).
+    public func configJSON(extra: [String: Any] = [:]) throws(SheafError) -> Data {
+        let className = ["llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"][architecture]!
+        var object: [String: Any] = [
+            "architectures": [className], "model_type": architecture, "hidden_size": hiddenSize,
+            "intermediate_size": intermediateSize, "num_hidden_layers": layerCount, "num_attention_heads": headCount,
+            "num_key_value_heads": kvHeadCount, "head_dim": headDim, "vocab_size": vocabularySize,
+            "rope_theta": ropeTheta, "rms_norm_eps": rmsNormEps, "max_position_embeddings": maxPositions,
+            "tie_word_embeddings": tiedEmbeddings, "hidden_act": "silu", "torch_dtype": "float32",
+        ]
+        if architecture != "qwen2" { object["attention_bias"] = attentionBias }
+        if let bosTokenID { object["bos_token_id"] = bosTokenID }
+        if let eosTokenID { object["eos_token_id"] = eosTokenID }
+        for (k, v) in extra { object[k] = v }
+        do { return try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys]) } catch {
+            throw .invalidArgument(op: "config.json", detail: "cannot encode: \(error)")
+        }
+    }
+
+    /// Parameters of the decoder blocks' linear layers (q, k, v, o, gate, up, down): the
+    /// denominator of the compression ratio (see BENCHMARK.md).
+    public var linearParameterCount: Int {
+        let q = hiddenSize * headCount * headDim, kv = 2 * hiddenSize * kvHeadCount * headDim
+        let o = headCount * headDim * hiddenSize, mlp = 3 * hiddenSize * intermediateSize
+        return layerCount * (q + kv + o + mlp)
+    }
+}

@@ -1,0 +1,227 @@
+import Foundation
+import SheafCore
+
+/// Element types of the safetensors format that Sheaf reads.
+public enum SafetensorsDType: String, Sendable, CaseIterable {
+    case F64, F32, F16, BF16, I64, I32, I8, U8, BOOL
+
+    public var byteSize: Int {
+        switch self {
+        case .F64, .I64: 8
+        case .F32, .I32: 4
+        case .F16, .BF16: 2
+        case .I8, .U8, .BOOL: 1
+        }
+    }
+}
+
+/// One `.safetensors` file, memory-mapped: opening reads and validates only the header;
+/// tensor bytes are paged in when a tensor is read.
+///
+/// Layout: 8-byte little-endian header length N, N bytes of JSON
+/// `{"__metadata__": {str: str}?, name: {"dtype", "shape", "data_offsets": [begin, end]}}`,
+/// then the data section; offsets are relative to its start.
+public final class SafetensorsFile: TensorStore, @unchecked Sendable {
+    public let path: String
+    public let metadata: [String: String]
+    public let tensorNames: [String]
+    let entries: [String: Entry]
+    /// The mapped file (immutable; shared read-only).
+    let data: Data
+    let dataStart: Int
+
+    struct Entry {
+        var dtype: SafetensorsDType
+        var shape: [Int]
+        var begin: Int  // absolute byte offsets in the file
+        var end: Int
+    }
+
+    /// Headers above this are refused before allocating: real headers are a few MB at most.
+    public static let maxHeaderBytes = 100 << 20
+
+    public init(path: String) throws(SheafError) {
+        self.path = path
+        let fail = { (detail: String) in SheafError.io(path: path, detail: detail) }
+        let mapped: Data
+        do { mapped = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
+            throw fail("cannot open: \(error.localizedDescription)")
+        }
+        data = mapped
+        guard mapped.count >= 8 else { throw fail("truncated: \(mapped.count) bytes, a safetensors file needs an 8-byte header length") }
+        let headerLength = mapped.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard headerLength <= UInt64(Self.maxHeaderBytes) else {
+            throw fail("header length \(headerLength) exceeds the \(Self.maxHeaderBytes)-byte limit (corrupt or not safetensors)")
+        }
+        guard Int(headerLength) <= mapped.count - 8 else {
+            throw fail("header length \(headerLength) runs past the end of the \(mapped.count)-byte file (truncated?)")
+        }
+        dataStart = 8 + Int(headerLength)
+        let headerBytes = mapped.subdata(in: 8..<dataStart)
+        guard String(data: headerBytes, encoding: .utf8) != nil else { throw fail("header is not valid UTF-8") }
+        let json: Any
+        do { json = try JSONSerialization.jsonObject(with: headerBytes) } catch {
+            throw fail("header is not valid JSON (\(error.localizedDescription))")
+        }
+        guard let object = json as? [String: Any] else { throw fail("header JSON is not an object") }
+
+        var meta: [String: String] = [:]
+        var entries: [String: Entry] = [:]
+        let dataSize = mapped.count - dataStart
+        for (name, value) in object {
+            if name == "__metadata__" {
+                guard let m = value as? [String: Any] else { throw fail("__metadata__ is not an object") }
+                for (k, v) in m {
+                    guard let s = v as? String else { throw fail("__metadata__[\(k)] is not a string") }
+                    meta[k] = s
+                }
+                continue
+            }
+            guard let t = value as? [String: Any] else { throw fail("tensor '\(name)': entry is not an object") }
+            guard let dtypeName = t["dtype"] as? String else { throw fail("tensor '\(name)': missing dtype") }
+            guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
+                throw fail("tensor '\(name)': unknown dtype '\(dtypeName)' (supported: \(SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            guard let shapeValues = t["shape"] as? [Any], let shape = Self.integers(shapeValues), shape.allSatisfy({ $0 >= 0 }) else {
+                throw fail("tensor '\(name)': shape is not a list of non-negative integers")
+            }
+            guard let offsetValues = t["data_offsets"] as? [Any], let offsets = Self.integers(offsetValues), offsets.count == 2 else {
+                throw fail("tensor '\(name)': data_offsets is not [begin, end]")
+            }
+            let (begin, end) = (offsets[0], offsets[1])
+            guard begin >= 0, begin <= end, end <= dataSize else {
+                throw fail("tensor '\(name)': data_offsets [\(begin), \(end)] outside the \(dataSize)-byte data section")
+            }
+            guard let elements = Self.product(shape), let bytes = Self.multiply(elements, dtype.byteSize), bytes == end - begin else {
+                throw fail("tensor '\(name)': shape \(shape) of \(dtype.rawValue) does not match its \(end - begin) bytes")
+            }
+            entries[name] = Entry(dtype: dtype, shape: shape, begin: dataStart + begin, end: dataStart + end)
+        }
+        // No two tensors may share bytes.
+        let byBegin = entries.sorted { ($0.value.begin, $0.key) < ($1.value.begin, $1.key) }
+        for (a, b) in zip(byBegin, byBegin.dropFirst()) where b.value.begin < a.value.end {
+            throw fail("tensors '\(a.key)' and '\(b.key)' overlap")
+        }
+        self.entries = entries
+        metadata = meta
+        tensorNames = entries.keys.sorted()
+    }
+
+    static func integers(_ values: [Any]) -> [Int]? {
+        var out: [Int] = []
+        for v in values {
+            // JSON integers arrive as integer-typed NSNumbers; 2.5 or 1e3 must not pass as sizes.
+            guard let n = v as? NSNumber, "qilsQILSc".contains(String(cString: n.objCType)) else { return nil }
+            out.append(n.intValue)
+        }
+        return out
+    }
+
+    static func product(_ shape: [Int]) -> Int? {
+        var p = 1
+        for d in shape {
+            let (r, overflow) = p.multipliedReportingOverflow(by: d)
+            if overflow { return nil }
+            p = r
+        }
+        return p
+    }
+
+    static func multiply(_ a: Int, _ b: Int) -> Int? {
+        let (r, overflow) = a.multipliedReportingOverflow(by: b)
+        return overflow ? nil : r
+    }
+
+    func entry(_ name: String) throws(SheafError) -> Entry {
+        guard let e = entries[name] else { throw .io(path: path, detail: "no tensor named '\(name)'") }
+        return e
+    }
+
+    public func info(_ name: String) throws(SheafError) -> TensorInfo {
+        let e = try entry(name)
+        return TensorInfo(name: name, shape: e.shape, type: e.dtype.rawValue, byteCount: e.end - e.begin)
+    }
+
+    public func dtype(_ name: String) throws(SheafError) -> SafetensorsDType { try entry(name).dtype }
+
+    /// The stored bytes as they are (any dtype).
+    public func rawBytes(_ name: String) throws(SheafError) -> [UInt8] {
+        let e = try entry(name)
+        return [UInt8](data[e.begin..<e.end])
+    }
+
+    public func float32(_ name: String) throws(SheafError) -> [Float] {
+        let e = try entry(name)
+        let count = (e.end - e.begin) / e.dtype.byteSize
+        var out = [Float](repeating: 0, count: count)
+        let dtype = e.dtype
+        data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
+            let src = UnsafeRawBufferPointer(rebasing: raw[e.begin..<e.end])
+            out.withUnsafeMutableBufferPointer { dst in
+                switch dtype {
+                case .F32:
+                    for i in 0..<count { dst[i] = Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
+                case .F16:
+                    for i in 0..<count { dst[i] = HalfFloat.f16ToFloat(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
+                case .BF16:
+                    for i in 0..<count { dst[i] = HalfFloat.bf16ToFloat(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
+                case .F64:
+                    for i in 0..<count { dst[i] = Float(Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)))) }
+                default: break
+                }
+            }
+        }
+        guard [.F32, .F16, .BF16, .F64].contains(dtype) else {
+            throw .io(path: path, detail: "tensor '\(name)' is \(dtype.rawValue), not a floating-point type")
+        }
+        return out
+    }
+}
+
+/// A checkpoint split into shards by `model.safetensors.index.json` (`weight_map`: tensor
+/// name → shard file). Shards are opened (headers only) when the index is read.
+public final class ShardedSafetensors: TensorStore, @unchecked Sendable {
+    public let path: String
+    public let tensorNames: [String]
+    let shardOf: [String: SafetensorsFile]
+
+    public init(indexPath: String) throws(SheafError) {
+        path = indexPath
+        let dir = (indexPath as NSString).deletingLastPathComponent
+        let fail = { (detail: String) in SheafError.io(path: indexPath, detail: detail) }
+        guard let bytes = FileManager.default.contents(atPath: indexPath) else { throw fail("cannot read the index") }
+        guard let object = (try? JSONSerialization.jsonObject(with: bytes)) as? [String: Any],
+            let map = object["weight_map"] as? [String: Any]
+        else { throw fail("not a safetensors index: expected a JSON object with a weight_map") }
+        var shards: [String: SafetensorsFile] = [:]
+        var shardOf: [String: SafetensorsFile] = [:]
+        for (tensor, fileValue) in map {
+            guard let file = fileValue as? String, !file.contains("/") else {
+                throw fail("weight_map['\(tensor)'] is not a file name in the same folder")
+            }
+            if shards[file] == nil {
+                let shardPath = (dir as NSString).appendingPathComponent(file)
+                guard FileManager.default.fileExists(atPath: shardPath) else {
+                    throw fail("shard '\(file)' named for tensor '\(tensor)' does not exist")
+                }
+                shards[file] = try SafetensorsFile(path: shardPath)
+            }
+            guard shards[file]!.entries[tensor] != nil else {
+                throw fail("tensor '\(tensor)' is not in its shard '\(file)'")
+            }
+            shardOf[tensor] = shards[file]
+        }
+        self.shardOf = shardOf
+        tensorNames = shardOf.keys.sorted()
+    }
+
+    func shard(_ name: String) throws(SheafError) -> SafetensorsFile {
+        guard let s = shardOf[name] else { throw .io(path: path, detail: "no tensor named '\(name)'") }
+        return s
+    }
+
+    public func info(_ name: String) throws(SheafError) -> TensorInfo { try shard(name).info(name) }
+    public func float32(_ name: String) throws(SheafError) -> [Float] { try shard(name).float32(name) }
+    public func rawBytes(_ name: String) throws(SheafError) -> [UInt8] { try shard(name).rawBytes(name) }
+    public func dtype(_ name: String) throws(SheafError) -> SafetensorsDType { try shard(name).dtype(name) }
+}

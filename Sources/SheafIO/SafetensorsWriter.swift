@@ -1,0 +1,159 @@
+import Foundation
+import SheafCore
+
+/// A tensor to write: float values stored as F32, F16 or BF16, or raw bytes of any dtype.
+public struct TensorToWrite: Sendable {
+    public var name: String
+    public var shape: [Int]
+    public var dtype: SafetensorsDType
+    /// Little-endian bytes as stored.
+    public var bytes: [UInt8]
+
+    /// Float32 values stored as `dtype` (F32, F16 or BF16; rounding to nearest even).
+    public init(name: String, shape: [Int], values: [Float], as dtype: SafetensorsDType = .F32) throws(SheafError) {
+        guard shape.reduce(1, *) == values.count else {
+            throw .shapeMismatch(op: "safetensors write", detail: "tensor '\(name)': shape \(shape) for \(values.count) values")
+        }
+        self.name = name
+        self.shape = shape
+        self.dtype = dtype
+        switch dtype {
+        case .F32:
+            bytes = values.withUnsafeBytes { [UInt8]($0) }
+        case .F16:
+            bytes = Self.pack16(values.map { HalfFloat.floatToF16($0) })
+        case .BF16:
+            bytes = Self.pack16(values.map { HalfFloat.floatToBF16($0) })
+        default:
+            throw .invalidArgument(op: "safetensors write", detail: "tensor '\(name)': float values cannot be stored as \(dtype.rawValue)")
+        }
+    }
+
+    /// Stored bytes as they are; their count must match shape × dtype size.
+    public init(name: String, shape: [Int], dtype: SafetensorsDType, bytes: [UInt8]) throws(SheafError) {
+        guard shape.reduce(1, *) * dtype.byteSize == bytes.count else {
+            throw .shapeMismatch(op: "safetensors write", detail: "tensor '\(name)': shape \(shape) of \(dtype.rawValue) for \(bytes.count) bytes")
+        }
+        self.name = name
+        self.shape = shape
+        self.dtype = dtype
+        self.bytes = bytes
+    }
+
+    static func pack16(_ halves: [UInt16]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: halves.count * 2)
+        for (i, h) in halves.enumerated() {
+            out[2 * i] = UInt8(h & 0xFF)
+            out[2 * i + 1] = UInt8(h >> 8)
+        }
+        return out
+    }
+}
+
+/// Writes the standard safetensors layout: tensors sorted by name, header JSON with sorted
+/// keys padded with spaces to a multiple of 8, optional `__metadata__`. Files are written under
+/// a temporary name in the destination folder and renamed when complete.
+public enum SafetensorsWriter {
+    /// Writes `tensors` as `model.safetensors` in `directory`, or, when their total exceeds
+    /// `shardBytes`, as `model-0000i-of-0000n.safetensors` shards plus
+    /// `model.safetensors.index.json`. Returns the files written (names only).
+    @discardableResult
+    public static func writeModel(
+        _ tensors: [TensorToWrite], metadata: [String: String] = [:], to directory: String,
+        shardBytes: Int = 5 << 30
+    ) throws(SheafError) -> [String] {
+        let sorted = tensors.sorted { $0.name < $1.name }
+        var groups: [[TensorToWrite]] = [[]]
+        var groupBytes = 0
+        for t in sorted {
+            if groupBytes > 0 && groupBytes + t.bytes.count > shardBytes {
+                groups.append([])
+                groupBytes = 0
+            }
+            groups[groups.count - 1].append(t)
+            groupBytes += t.bytes.count
+        }
+        if groups.count == 1 {
+            try write(sorted, metadata: metadata, to: (directory as NSString).appendingPathComponent("model.safetensors"))
+            return ["model.safetensors"]
+        }
+        let n = groups.count
+        var names: [String] = []
+        var weightMap: [String: String] = [:]
+        for (i, group) in groups.enumerated() {
+            let name = String(format: "model-%05d-of-%05d.safetensors", i + 1, n)
+            try write(group, metadata: metadata, to: (directory as NSString).appendingPathComponent(name))
+            for t in group { weightMap[t.name] = name }
+            names.append(name)
+        }
+        let total = sorted.reduce(0) { $0 + $1.bytes.count }
+        let index: [String: Any] = ["metadata": ["total_size": total], "weight_map": weightMap]
+        let json: Data
+        do { json = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys]) } catch {
+            throw .io(path: directory, detail: "cannot encode the shard index: \(error)")
+        }
+        try atomicWrite(json, to: (directory as NSString).appendingPathComponent("model.safetensors.index.json"))
+        return names + ["model.safetensors.index.json"]
+    }
+
+    /// One safetensors file at `path`.
+    public static func write(_ tensors: [TensorToWrite], metadata: [String: String] = [:], to path: String) throws(SheafError) {
+        let sorted = tensors.sorted { $0.name < $1.name }
+        var seen = Set<String>()
+        for t in sorted where !seen.insert(t.name).inserted {
+            throw .invalidArgument(op: "safetensors write", detail: "duplicate tensor name '\(t.name)' for \(path)")
+        }
+        var header = "{"
+        var parts: [String] = []
+        if !metadata.isEmpty {
+            let items = metadata.keys.sorted().map { "\(jsonString($0)):\(jsonString(metadata[$0]!))" }
+            parts.append("\"__metadata__\":{\(items.joined(separator: ","))}")
+        }
+        var offset = 0
+        for t in sorted {
+            let shape = t.shape.map(String.init).joined(separator: ",")
+            parts.append("\(jsonString(t.name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + t.bytes.count)]}")
+            offset += t.bytes.count
+        }
+        header += parts.joined(separator: ",") + "}"
+        var headerBytes = Array(header.utf8)
+        while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
+        var file = Data(capacity: 8 + headerBytes.count + offset)
+        withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { file.append(contentsOf: $0) }
+        file.append(contentsOf: headerBytes)
+        for t in sorted { file.append(contentsOf: t.bytes) }
+        try atomicWrite(file, to: path)
+    }
+
+    /// A JSON string literal.
+    static func jsonString(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 { out += String(format: "\\u%04x", scalar.value) } else { out.unicodeScalars.append(scalar) }
+            }
+        }
+        return out + "\""
+    }
+}
+
+/// Writes `data` to `path` through a temporary file in the same folder, renamed into place
+/// only once fully written: an interrupted run never leaves a file that looks finished.
+public func atomicWrite(_ data: Data, to path: String) throws(SheafError) {
+    let url = URL(fileURLWithPath: path)
+    let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).partial-\(getpid())")
+    do {
+        try data.write(to: temp)
+        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(at: url) }
+        try FileManager.default.moveItem(at: temp, to: url)
+    } catch {
+        try? FileManager.default.removeItem(at: temp)
+        throw .io(path: path, detail: "cannot write: \(error.localizedDescription)")
+    }
+}
