@@ -32,7 +32,8 @@ public enum Doctor {
         var parity = Parity.quickSuite(cpu, reference)
         do throws(SheafError) {
             devices = try OpenCLDevices.list()
-            let opencl = try OpenCLBackend(device: options.openCLDevice, kernelDirectory: options.kernelDirectory)
+            let opencl = try OpenCLBackend(
+                device: options.openCLDevice, kernelDirectory: options.kernelDirectory, tunables: options.tunables)
             tunables = opencl.tunables
             try opencl.buildAllKernels()
             parity += Parity.quickSuite(opencl, reference)

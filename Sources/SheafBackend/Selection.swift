@@ -13,11 +13,16 @@ public struct BackendOptions: Sendable {
     public var openCLDevice: String?
     /// `SHEAF_KERNEL_DIR`: load kernels/*.cl from disk.
     public var kernelDirectory: String?
+    /// `SHEAF_OPENCL_TUNABLES`: override the per-device kernel tunables (kernel tuning).
+    public var tunables: KernelTunables?
 
-    public init(threads: Int? = nil, openCLDevice: String? = nil, kernelDirectory: String? = nil) {
+    public init(
+        threads: Int? = nil, openCLDevice: String? = nil, kernelDirectory: String? = nil, tunables: KernelTunables? = nil
+    ) {
         self.threads = threads
         self.openCLDevice = openCLDevice
         self.kernelDirectory = kernelDirectory
+        self.tunables = tunables
     }
 }
 
@@ -40,7 +45,8 @@ public enum BackendSelection {
         case .cpu: return CPUBackend(threads: options.threads)
         case .reference: return ReferenceBackend()
         case .opencl:
-            return try OpenCLBackend(device: options.openCLDevice, kernelDirectory: options.kernelDirectory)
+            return try OpenCLBackend(
+                device: options.openCLDevice, kernelDirectory: options.kernelDirectory, tunables: options.tunables)
         case .auto:
             return try make(resolveAuto(options) == .opencl ? .opencl : .cpu, options: options)
         }

@@ -19,7 +19,8 @@ let mainHelp = """
     BACKENDS: --backend auto|cpu|opencl (or SHEAF_BACKEND). auto = an OpenCL GPU if present,
       else cpu; an explicit opencl never falls back. SHEAF_OPENCL_DEVICE picks the device
       (index or name substring), SHEAF_THREADS the OpenBLAS threads (default: all cores),
-      SHEAF_KERNEL_DIR loads kernels/*.cl from disk instead of the embedded copies.
+      SHEAF_KERNEL_DIR loads kernels/*.cl from disk instead of the embedded copies, and
+      SHEAF_OPENCL_TUNABLES=TS,TK,LOCAL (e.g. 64,128,0) overrides the kernel tunables.
 
     Run 'sheaf help <command>' for a command's options.
     """
@@ -118,7 +119,7 @@ enum Commands {
         switch which {
         case "all":
             backends.append(CPUBackend(threads: options.threads))
-            do { backends.append(try OpenCLBackend(device: options.openCLDevice, kernelDirectory: options.kernelDirectory)) }
+            do { backends.append(try BackendSelection.make(.opencl, options: options)) }
             catch { note("warning: OpenCL skipped: \(error)") }
         case "auto", "cpu", "opencl":
             backends.append(try BackendSelection.make(try Env.backendChoice(which), options: options))

@@ -15,8 +15,17 @@ enum Env {
             guard let n = Int(t), n > 0 else { throw UsageError(description: "SHEAF_THREADS must be a positive integer, got '\(t)'") }
             threads = n
         }
+        var tunables: KernelTunables?
+        if let t = get("SHEAF_OPENCL_TUNABLES") {
+            let parts = t.split(separator: ",").compactMap { Int($0) }
+            guard parts.count == 3, parts[0] > 0, parts[0] % 8 == 0, parts[1] > 0, parts[2] == 0 || parts[2] == 1 else {
+                throw UsageError(description: "SHEAF_OPENCL_TUNABLES must be TS,TK,LOCAL (TS a multiple of 8, LOCAL 0 or 1), got '\(t)'")
+            }
+            tunables = KernelTunables(tileSize: parts[0], reductionStep: parts[1], useLocalMemory: parts[2] == 1)
+        }
         return BackendOptions(
-            threads: threads, openCLDevice: get("SHEAF_OPENCL_DEVICE"), kernelDirectory: get("SHEAF_KERNEL_DIR"))
+            threads: threads, openCLDevice: get("SHEAF_OPENCL_DEVICE"), kernelDirectory: get("SHEAF_KERNEL_DIR"),
+            tunables: tunables)
     }
 
     /// `--backend` if given, else SHEAF_BACKEND, else auto.
