@@ -23,6 +23,21 @@ final class HostStorage: @unchecked Sendable {
 protocol HostMemoryBackend: Backend {}
 
 extension HostMemoryBackend {
+    public func makeBuffer(_ scalar: ScalarType, count: Int) throws(SheafError) -> DeviceBuffer {
+        try makeHostBuffer(scalar, count: count)
+    }
+
+    public func uploadBytes(_ bytes: UnsafeRawBufferPointer, as scalar: ScalarType) throws(SheafError) -> DeviceBuffer {
+        try uploadHostBytes(bytes, as: scalar)
+    }
+
+    public func downloadBytes(_ buffer: DeviceBuffer, into bytes: UnsafeMutableRawBufferPointer) throws(SheafError) {
+        try downloadHostBytes(buffer, into: bytes)
+    }
+
+    /// Host ops complete before they return.
+    public func synchronize() throws(SheafError) {}
+
     func makeHostBuffer(_ scalar: ScalarType, count: Int) throws(SheafError) -> DeviceBuffer {
         guard count >= 0 else { throw .invalidArgument(op: "makeBuffer", detail: "negative count \(count)") }
         let storage = try HostStorage(byteCount: count * scalar.byteSize)

@@ -91,6 +91,24 @@ public enum Parity {
         strided ? try Guarded(backend, m, pad: 3, guardValue: 0).view : try backend.upload(m)
     }
 
+    /// Runs `op` on both backends with `start` as the guarded output and compares the results:
+    /// the first guard-band failure, else the normalised MSE and any NaN/infinity failure.
+    static func compareOutputs<T: DeviceScalar & BinaryFloatingPoint>(
+        _ backend: any Backend, _ reference: any Backend, start: Matrix<T>, pad: Int, guardValue: T,
+        _ op: (any Backend, MatrixView) throws(SheafError) -> Void
+    ) throws(SheafError) -> (error: Double, failure: String) {
+        var outs: [Matrix<T>] = []
+        for be in [backend, reference] {
+            let out = try Guarded(be, start, pad: pad, guardValue: guardValue)
+            try op(be, out.view)
+            try be.synchronize()
+            let (values, failure) = try out.read(be, guardValue: guardValue)
+            if !failure.isEmpty { return (.nan, failure) }
+            outs.append(values)
+        }
+        return compare(outs[0].values, outs[1].values)
+    }
+
     // MARK: the ops
 
     public static func gemm(
@@ -100,19 +118,12 @@ public enum Parity {
         let a = Matrix<Float>.random(rows: transposeA ? k : m, cols: transposeA ? m : k, seed: seed)
         let b = Matrix<Float>.random(rows: transposeB ? n : k, cols: transposeB ? k : n, seed: seed &+ 1)
         let c = Matrix<Float>.random(rows: m, cols: n, seed: seed &+ 2)
-        var outs: [Matrix<Float>] = []
-        var failure = ""
-        for be in [backend, reference] {
-            let out = try Guarded(be, c, pad: 2, guardValue: guardValue)
+        let (error, f) = try compareOutputs(backend, reference, start: c, pad: 2, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
             try be.gemm(
                 input(be, a, strided: strided), transposeA: transposeA, input(be, b, strided: strided),
-                transposeB: transposeB, into: out.view, alpha: alpha, beta: beta)
-            try be.synchronize()
-            let (values, f) = try out.read(be, guardValue: guardValue)
-            if failure.isEmpty { failure = f }
-            outs.append(values)
+                transposeB: transposeB, into: out, alpha: alpha, beta: beta)
         }
-        let (error, f) = failure.isEmpty ? compare(outs[0].values, outs[1].values) : (.nan, failure)
         let shape = "\(m)x\(n)x\(k) \(transposeA ? "T" : "N")\(transposeB ? "T" : "N")\(strided ? " strided" : "")"
         return result("gemm", backend, shape, error, float32ProductTolerance, f)
     }
@@ -123,20 +134,13 @@ public enum Parity {
         seed: UInt64 = 1
     ) throws(SheafError) -> ParityResult {
         let start = symmetric(d, seed: seed)
-        var outs: [Matrix<Double>] = []
-        var failure = ""
-        for be in [backend, reference] {
-            let g = try Guarded(be, start, pad: 1, guardValue: guardDouble)
+        let (error, f) = try compareOutputs(backend, reference, start: start, pad: 1, guardValue: guardDouble) {
+            (be, g) throws(SheafError) in
             for chunk in 0..<chunks {
                 let x = Matrix<Float>.random(rows: rows, cols: d, seed: seed &+ UInt64(10 + chunk))
-                try be.accumulateGram(input(be, x, strided: strided), into: g.view)
+                try be.accumulateGram(input(be, x, strided: strided), into: g)
             }
-            try be.synchronize()
-            let (values, f) = try g.read(be, guardValue: guardDouble)
-            if failure.isEmpty { failure = f }
-            outs.append(values)
         }
-        let (error, f) = failure.isEmpty ? compare(outs[0].values, outs[1].values) : (.nan, failure)
         return result(
             "gram", backend, "\(chunks)x(\(rows), \(d))\(strided ? " strided" : "")", error, float32ProductTolerance, f)
     }
@@ -204,18 +208,12 @@ public enum Parity {
     ) throws(SheafError) -> ParityResult {
         let w = Matrix<Float>.random(rows: m, cols: n, seed: seed)
         let l = try reference.cholesky(spd(n, seed: seed &+ 1)).lower
-        var outs: [Matrix<Double>] = []
-        var failure = ""
-        for be in [backend, reference] {
-            let out = try Guarded(be, Matrix<Double>.zeros(rows: m, cols: n), pad: 1, guardValue: guardDouble)
+        let zeros = Matrix<Double>.zeros(rows: m, cols: n)
+        let (error, f) = try compareOutputs(backend, reference, start: zeros, pad: 1, guardValue: guardDouble) {
+            (be, out) throws(SheafError) in
             let lv = strided ? try Guarded(be, l, pad: 2, guardValue: 0).view : try be.upload(l)
-            try be.multiplyLower(input(be, w, strided: strided), lv, into: out.view)
-            try be.synchronize()
-            let (values, f) = try out.read(be, guardValue: guardDouble)
-            if failure.isEmpty { failure = f }
-            outs.append(values)
+            try be.multiplyLower(input(be, w, strided: strided), lv, into: out)
         }
-        let (error, f) = failure.isEmpty ? compare(outs[0].values, outs[1].values) : (.nan, failure)
         return result(
             "multiplyLower", backend, "(\(m), \(n))\(strided ? " strided" : "")", error, float64Tolerance, f)
     }
@@ -225,18 +223,11 @@ public enum Parity {
     ) throws(SheafError) -> ParityResult {
         let y = Matrix<Float>.random(rows: m, cols: n, seed: seed).asDouble
         let l = try reference.cholesky(spd(n, seed: seed &+ 1)).lower
-        var outs: [Matrix<Double>] = []
-        var failure = ""
-        for be in [backend, reference] {
-            let out = try Guarded(be, y, pad: strided ? 2 : 0, guardValue: guardDouble)
+        let (error, f) = try compareOutputs(backend, reference, start: y, pad: strided ? 2 : 0, guardValue: guardDouble) {
+            (be, out) throws(SheafError) in
             let lv = strided ? try Guarded(be, l, pad: 1, guardValue: 0).view : try be.upload(l)
-            try be.solveLowerRight(out.view, lv)
-            try be.synchronize()
-            let (values, f) = try out.read(be, guardValue: guardDouble)
-            if failure.isEmpty { failure = f }
-            outs.append(values)
+            try be.solveLowerRight(out, lv)
         }
-        let (error, f) = failure.isEmpty ? compare(outs[0].values, outs[1].values) : (.nan, failure)
         return result(
             "solveLowerRight", backend, "(\(m), \(n))\(strided ? " strided" : "")", error, float64Tolerance * 1e4, f)
     }
@@ -247,18 +238,12 @@ public enum Parity {
     ) throws(SheafError) -> ParityResult {
         let p = Matrix<Float>.random(rows: m, cols: d, seed: seed)
         let c = Matrix<Float>.random(rows: k, cols: d, seed: seed &+ 1)
-        var outs: [Matrix<Float>] = []
-        var failure = ""
-        for be in [backend, reference] {
-            let out = try Guarded(be, Matrix<Float>.zeros(rows: m, cols: k), pad: 2, guardValue: guardValue)
+        let zeros = Matrix<Float>.zeros(rows: m, cols: k)
+        let (error, f) = try compareOutputs(backend, reference, start: zeros, pad: 2, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
             try be.kmeansDistances(
-                points: input(be, p, strided: strided), centroids: input(be, c, strided: strided), into: out.view)
-            try be.synchronize()
-            let (values, f) = try out.read(be, guardValue: guardValue)
-            if failure.isEmpty { failure = f }
-            outs.append(values)
+                points: input(be, p, strided: strided), centroids: input(be, c, strided: strided), into: out)
         }
-        let (error, f) = failure.isEmpty ? compare(outs[0].values, outs[1].values) : (.nan, failure)
         return result(
             "kmeansDistances", backend, "m \(m) k \(k) d \(d)\(strided ? " strided" : "")", error,
             float32ProductTolerance, f)

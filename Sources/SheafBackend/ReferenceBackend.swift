@@ -8,20 +8,6 @@ public final class ReferenceBackend: HostMemoryBackend, @unchecked Sendable {
 
     public init() {}
 
-    public func makeBuffer(_ scalar: ScalarType, count: Int) throws(SheafError) -> DeviceBuffer {
-        try makeHostBuffer(scalar, count: count)
-    }
-
-    public func uploadBytes(_ bytes: UnsafeRawBufferPointer, as scalar: ScalarType) throws(SheafError) -> DeviceBuffer {
-        try uploadHostBytes(bytes, as: scalar)
-    }
-
-    public func downloadBytes(_ buffer: DeviceBuffer, into bytes: UnsafeMutableRawBufferPointer) throws(SheafError) {
-        try downloadHostBytes(buffer, into: bytes)
-    }
-
-    public func synchronize() throws(SheafError) {}
-
     public func gemm(
         _ a: MatrixView, transposeA: Bool, _ b: MatrixView, transposeB: Bool, into c: MatrixView,
         alpha: Float, beta: Float
