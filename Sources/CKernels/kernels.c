@@ -17,10 +17,13 @@ static const char whiten_cl[] = {
 static const char kmeans_cl[] = {
 #embed "../../kernels/kmeans.cl"
     , 0};
+static const char forward_cl[] = {
+#embed "../../kernels/forward.cl"
+    , 0};
 
 #define ENTRY(n) {#n, n##_cl, sizeof(n##_cl) - 1}
 static const SheafKernelSource table[] = {
-    ENTRY(common), ENTRY(gemm), ENTRY(gram), ENTRY(whiten), ENTRY(kmeans),
+    ENTRY(common), ENTRY(gemm), ENTRY(gram), ENTRY(whiten), ENTRY(kmeans), ENTRY(forward),
 };
 
 size_t sheaf_kernel_count(void) { return sizeof(table) / sizeof(table[0]); }

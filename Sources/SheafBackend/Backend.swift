@@ -139,6 +139,36 @@ public protocol Backend: AnyObject, Sendable {
     func kmeansAccumulate(points: MatrixView, labels: DeviceBuffer, sums: MatrixView, counts: DeviceBuffer)
         throws(SheafError)
 
+    // MARK: forward-pass element-wise ops (float32, rows are tokens)
+
+    /// out[r] = x[r] / √(mean(x[r]²) + eps) · weight, for x and out (rows, d), weight (1, d).
+    /// out may be x.
+    func rmsNorm(_ x: MatrixView, weight: MatrixView, eps: Float, into out: MatrixView) throws(SheafError)
+
+    /// Rotary position embedding in place, HuggingFace `rotate_half` layout: x (tokens,
+    /// heads·headDim); in each head, element i < headDim/2 pairs with i + headDim/2 and both
+    /// rotate by angle p·θ^(−2i/headDim) for position p = positionOffset + token.
+    func rope(_ x: MatrixView, headDim: Int, positionOffset: Int, theta: Double) throws(SheafError)
+
+    /// Causal grouped-query attention of one sequence: q (tq, heads·headDim), k and v
+    /// (tk, kvHeads·headDim) with tk ≥ tq, out (tq, heads·headDim). Query t sees keys
+    /// 0 ... t + tk − tq (the queries are the last tq positions); query head h reads key-value
+    /// head h / (heads / kvHeads); scores are scaled by 1/√headDim; softmax is max-subtracted.
+    func causalAttention(
+        q: MatrixView, k: MatrixView, v: MatrixView, into out: MatrixView, heads: Int, kvHeads: Int, headDim: Int
+    ) throws(SheafError)
+
+    /// out = silu(gate) · up element-wise, silu(g) = g / (1 + e^(−g)); all (rows, d). out may
+    /// be gate or up.
+    func siluMultiply(gate: MatrixView, up: MatrixView, into out: MatrixView) throws(SheafError)
+
+    /// y += x element-wise (the residual connection); both (rows, d).
+    func add(_ x: MatrixView, into y: MatrixView) throws(SheafError)
+
+    /// nll[r] = logsumexp(logits[r]) − logits[r, targets[r]] for logits (rows, vocabulary),
+    /// targets int32 (rows), nll float32 (rows); computed max-subtracted, summed in Float64.
+    func crossEntropy(logits: MatrixView, targets: DeviceBuffer, into nll: DeviceBuffer) throws(SheafError)
+
     /// Waits for queued work.
     func synchronize() throws(SheafError)
 }

@@ -32,7 +32,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
     public func buildAllKernels() throws(SheafError) {
         for (kernel, file) in [
             ("gemm_f32", "gemm"), ("gram_accumulate", "gram"), ("lower_multiply", "whiten"),
-            ("kmeans_distances", "kmeans"),
+            ("kmeans_distances", "kmeans"), ("rms_norm", "forward"),
         ] { _ = try runtime.kernel(kernel, in: file, tunables) }
     }
 
@@ -78,7 +78,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
 
     public func synchronize() throws(SheafError) { try runtime.finish() }
 
-    private func mem(_ buffer: DeviceBuffer) -> cl_mem { (buffer.storage as! CLStorage).mem }
+    func mem(_ buffer: DeviceBuffer) -> cl_mem { (buffer.storage as! CLStorage).mem }
 
     private var tileGroup: [Int] { [tunables.tileSize / 8, tunables.tileSize / 8] }
 

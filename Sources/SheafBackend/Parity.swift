@@ -24,6 +24,9 @@ public enum Parity {
     public static let float32ProductTolerance = 1e-9
     /// Float64 arithmetic on float32 inputs (whitening products, solves, cluster sums).
     public static let float64Tolerance = 1e-18
+    /// Element-wise float32 ops against Float64: one rounding per element, a normalised MSE
+    /// near 1e-15.
+    public static let elementwiseTolerance = 1e-12
     /// ‖A − LLᵀ‖_F / ‖A‖_F for a Cholesky factor.
     public static let factorTolerance = 1e-12
 
@@ -294,6 +297,94 @@ public enum Parity {
             "kmeansAccumulate", backend, "m \(m) k \(k) d \(d)\(strided ? " strided" : "")", error, float64Tolerance, f)
     }
 
+    // MARK: forward-pass ops
+
+    public static func rmsNorm(_ backend: any Backend, _ reference: any Backend, rows: Int, d: Int, strided: Bool = false, seed: UInt64 = 1)
+        throws(SheafError) -> ParityResult
+    {
+        let x = Matrix<Float>.random(rows: rows, cols: d, seed: seed)
+        let w = Matrix<Float>.random(rows: 1, cols: d, seed: seed &+ 1)
+        let (error, f) = try compareOutputs(backend, reference, start: Matrix<Float>.zeros(rows: rows, cols: d), pad: 2, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
+            try be.rmsNorm(input(be, x, strided: strided), weight: be.upload(w), eps: 1e-5, into: out)
+        }
+        return result("rmsNorm", backend, "(\(rows), \(d))\(strided ? " strided" : "")", error, float32ProductTolerance, f)
+    }
+
+    public static func rope(
+        _ backend: any Backend, _ reference: any Backend, tokens: Int, heads: Int, headDim: Int, offset: Int, seed: UInt64 = 1
+    ) throws(SheafError) -> ParityResult {
+        let x = Matrix<Float>.random(rows: tokens, cols: heads * headDim, seed: seed)
+        let (error, f) = try compareOutputs(backend, reference, start: x, pad: 3, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
+            try be.rope(out, headDim: headDim, positionOffset: offset, theta: 10_000)
+        }
+        return result("rope", backend, "\(tokens) tokens \(heads)x\(headDim) from \(offset)", error, float32ProductTolerance, f)
+    }
+
+    public static func attention(
+        _ backend: any Backend, _ reference: any Backend, queries: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
+        seed: UInt64 = 1
+    ) throws(SheafError) -> ParityResult {
+        let q = Matrix<Float>.random(rows: queries, cols: heads * headDim, seed: seed)
+        let k = Matrix<Float>.random(rows: keys, cols: kvHeads * headDim, seed: seed &+ 1)
+        let v = Matrix<Float>.random(rows: keys, cols: kvHeads * headDim, seed: seed &+ 2)
+        let zeros = Matrix<Float>.zeros(rows: queries, cols: heads * headDim)
+        let (error, f) = try compareOutputs(backend, reference, start: zeros, pad: 2, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
+            try be.causalAttention(
+                q: input(be, q, strided: true), k: input(be, k, strided: true), v: be.upload(v), into: out, heads: heads,
+                kvHeads: kvHeads, headDim: headDim)
+        }
+        return result(
+            "causalAttention", backend, "q \(queries) k \(keys) heads \(heads)/\(kvHeads)x\(headDim)", error,
+            float32ProductTolerance, f)
+    }
+
+    public static func siluMultiply(_ backend: any Backend, _ reference: any Backend, rows: Int, cols: Int, seed: UInt64 = 1)
+        throws(SheafError) -> ParityResult
+    {
+        var g = Matrix<Float>.random(rows: rows, cols: cols, seed: seed)
+        for i in 0..<g.count { g.values[i] *= 12 }  // into the saturating tails of the sigmoid
+        let u = Matrix<Float>.random(rows: rows, cols: cols, seed: seed &+ 1)
+        let (error, f) = try compareOutputs(backend, reference, start: Matrix<Float>.zeros(rows: rows, cols: cols), pad: 1, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
+            try be.siluMultiply(gate: input(be, g, strided: true), up: be.upload(u), into: out)
+        }
+        return result("siluMultiply", backend, "(\(rows), \(cols))", error, elementwiseTolerance, f)
+    }
+
+    public static func add(_ backend: any Backend, _ reference: any Backend, rows: Int, cols: Int, seed: UInt64 = 1)
+        throws(SheafError) -> ParityResult
+    {
+        let x = Matrix<Float>.random(rows: rows, cols: cols, seed: seed)
+        let y = Matrix<Float>.random(rows: rows, cols: cols, seed: seed &+ 1)
+        let (error, f) = try compareOutputs(backend, reference, start: y, pad: 1, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
+            try be.add(input(be, x, strided: true), into: out)
+        }
+        return result("add", backend, "(\(rows), \(cols))", error, elementwiseTolerance, f)
+    }
+
+    /// Logits scaled to ±20 so the softmax is peaked, as a trained model's is.
+    public static func crossEntropy(_ backend: any Backend, _ reference: any Backend, rows: Int, vocabulary: Int, seed: UInt64 = 1)
+        throws(SheafError) -> ParityResult
+    {
+        var logits = Matrix<Float>.random(rows: rows, cols: vocabulary, seed: seed)
+        for i in 0..<logits.count { logits.values[i] *= 20 }
+        var rng = SplitMix64(seed: seed &+ 1)
+        let targets = (0..<rows).map { _ in Int32(rng.next() % UInt64(vocabulary)) }
+        var got: [[Float]] = []
+        for be in [backend, reference] {
+            let nll = try be.makeBuffer(.float32, count: rows)
+            try be.crossEntropy(logits: input(be, logits, strided: true), targets: be.upload(targets), into: nll)
+            try be.synchronize()
+            got.append(try be.download(nll))
+        }
+        let (error, f) = compare(got[0], got[1])
+        return result("crossEntropy", backend, "(\(rows), \(vocabulary))", error, float32ProductTolerance, f)
+    }
+
     /// One case of every op at moderate, tile-unfriendly sizes: what `sheaf doctor` runs.
     public static func quickSuite(_ backend: any Backend, _ reference: any Backend) -> [ParityResult] {
         typealias Case = (String, () throws(SheafError) -> ParityResult)
@@ -310,6 +401,13 @@ public enum Parity {
             ("kmeansDistances", { () throws(SheafError) in try kmeansDistances(backend, reference, m: 100, k: 19, d: 70) }),
             ("kmeansAssign", { () throws(SheafError) in try kmeansAssign(backend, reference, m: 100, k: 19) }),
             ("kmeansAccumulate", { () throws(SheafError) in try kmeansAccumulate(backend, reference, m: 100, k: 19, d: 70) }),
+            ("rmsNorm", { () throws(SheafError) in try rmsNorm(backend, reference, rows: 33, d: 576, strided: true) }),
+            ("rope", { () throws(SheafError) in try rope(backend, reference, tokens: 40, heads: 3, headDim: 64, offset: 7) }),
+            ("causalAttention", { () throws(SheafError) in
+                try attention(backend, reference, queries: 37, keys: 45, heads: 6, kvHeads: 2, headDim: 16) }),
+            ("siluMultiply", { () throws(SheafError) in try siluMultiply(backend, reference, rows: 17, cols: 100) }),
+            ("add", { () throws(SheafError) in try add(backend, reference, rows: 17, cols: 100) }),
+            ("crossEntropy", { () throws(SheafError) in try crossEntropy(backend, reference, rows: 9, vocabulary: 1000) }),
         ]
         return cases.map { (op, run) in
             do throws(SheafError) { return try run() } catch {

@@ -134,4 +134,63 @@ enum Check {
             throw .invalidArgument(op: "kmeansAccumulate", detail: "label \(l) of point \(i) is outside 0..<\(k)")
         }
     }
+
+    /// Same-shape float32 operands, non-empty.
+    static func sameShape(_ views: [MatrixView], op: String) throws(SheafError) {
+        for v in views {
+            try scalar(v, .float32, "operand", op: op)
+            try nonEmpty(v, "operand", op: op)
+            try fitsInt32(v, op: op)
+        }
+        for v in views.dropFirst() where v.rows != views[0].rows || v.cols != views[0].cols {
+            throw .shapeMismatch(op: op, detail: "operands \(views.map(\.shape).joined(separator: ", ")) differ")
+        }
+    }
+
+    static func rmsNorm(_ x: MatrixView, _ w: MatrixView, _ out: MatrixView, eps: Float) throws(SheafError) {
+        try sameShape([x, out], op: "rmsNorm")
+        try scalar(w, .float32, "weight", op: "rmsNorm")
+        guard w.rows == 1, w.cols == x.cols else {
+            throw .shapeMismatch(op: "rmsNorm", detail: "x \(x.shape) needs weight (1, \(x.cols)), got \(w.shape)")
+        }
+        guard eps > 0, eps.isFinite else { throw .invalidArgument(op: "rmsNorm", detail: "eps must be positive, got \(eps)") }
+    }
+
+    static func rope(_ x: MatrixView, headDim: Int, positionOffset: Int, theta: Double) throws(SheafError) {
+        try sameShape([x], op: "rope")
+        guard headDim > 0, headDim % 2 == 0, x.cols % headDim == 0, positionOffset >= 0, theta > 0 else {
+            throw .invalidArgument(
+                op: "rope", detail: "x \(x.shape), headDim \(headDim) (even, dividing the columns), offset \(positionOffset), theta \(theta)")
+        }
+    }
+
+    static func attention(_ q: MatrixView, _ k: MatrixView, _ v: MatrixView, _ out: MatrixView, heads: Int, kvHeads: Int, headDim: Int)
+        throws(SheafError)
+    {
+        let op = "causalAttention"
+        try sameShape([q, out], op: op)
+        try sameShape([k, v], op: op)
+        guard heads > 0, kvHeads > 0, headDim > 0, heads % kvHeads == 0, q.cols == heads * headDim,
+            k.cols == kvHeads * headDim, k.rows >= q.rows
+        else {
+            throw .shapeMismatch(
+                op: op,
+                detail: "q \(q.shape), k \(k.shape), v \(v.shape) with \(heads) heads, \(kvHeads) key-value heads of \(headDim)")
+        }
+    }
+
+    static func crossEntropy(_ logits: MatrixView, _ targets: DeviceBuffer, _ nll: DeviceBuffer) throws(SheafError) {
+        try sameShape([logits], op: "crossEntropy")
+        guard targets.scalar == .int32, targets.count >= logits.rows, nll.scalar == .float32, nll.count >= logits.rows else {
+            throw .shapeMismatch(
+                op: "crossEntropy",
+                detail: "logits \(logits.shape) need int32 targets and float32 nll of \(logits.rows)")
+        }
+    }
+
+    static func target(_ t: Int32, at r: Int, vocabulary: Int) throws(SheafError) {
+        guard t >= 0, Int(t) < vocabulary else {
+            throw .invalidArgument(op: "crossEntropy", detail: "target \(t) of row \(r) is outside the vocabulary 0..<\(vocabulary)")
+        }
+    }
 }

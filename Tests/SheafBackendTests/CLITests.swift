@@ -45,7 +45,7 @@ extension BackendSuites {
             let parity = report?["parity"] as? [[String: Any]] ?? []
             let backends = Set(parity.compactMap { $0["backend"] as? String })
             #expect(backends == ["cpu", "opencl"], "backends checked: \(backends)")
-            #expect(parity.count == 20)
+            #expect(parity.count == 32)
             #expect((report?["openCLDevices"] as? [Any])?.isEmpty == false)
         }
 

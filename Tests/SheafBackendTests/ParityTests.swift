@@ -102,3 +102,38 @@ extension BackendSuites {
         }
     }
 }
+
+/// The forward pass's element-wise and row-wise ops against the reference.
+extension BackendSuites {
+    @Suite struct ForwardOpParity {
+        @Test(arguments: Backends.Name.allCases)
+        func rowOps(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for (rows, d) in [(1, 1), (7, 33), (33, 257), (2, 576), (65, 100)] {
+                for strided in [false, true] {
+                    expectPass(try Parity.rmsNorm(be, Backends.reference, rows: rows, d: d, strided: strided, seed: UInt64(d)))
+                }
+                expectPass(try Parity.siluMultiply(be, Backends.reference, rows: rows, cols: d, seed: UInt64(rows)))
+                expectPass(try Parity.add(be, Backends.reference, rows: rows, cols: d, seed: UInt64(rows + d)))
+            }
+            for (rows, vocabulary) in [(1, 1), (7, 33), (3, 49152), (33, 257)] {
+                expectPass(try Parity.crossEntropy(be, Backends.reference, rows: rows, vocabulary: vocabulary))
+            }
+        }
+
+        @Test(arguments: Backends.Name.allCases)
+        func ropeAndAttention(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for (tokens, heads, headDim, offset) in [(1, 1, 2, 0), (7, 3, 64, 0), (33, 2, 16, 2000), (257, 1, 8, 5)] {
+                expectPass(try Parity.rope(be, Backends.reference, tokens: tokens, heads: heads, headDim: headDim, offset: offset))
+            }
+            // (queries, keys): prefill (equal), decoding with a cache (1 query), blocks past 128 and 256.
+            for (queries, keys, heads, kvHeads, headDim) in [
+                (1, 1, 1, 1, 1), (7, 7, 3, 1, 8), (1, 33, 9, 3, 64), (33, 40, 4, 4, 16), (300, 300, 2, 1, 8), (130, 257, 3, 3, 4),
+            ] {
+                expectPass(try Parity.attention(
+                    be, Backends.reference, queries: queries, keys: keys, heads: heads, kvHeads: kvHeads, headDim: headDim))
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+import COpenCL
+import Foundation
+import SheafCore
+
+/// The forward-pass ops on OpenCL (kernels/forward.cl). Attention reuses the tiled GEMM:
+/// per head and block of queries, scores = Q·Kᵀ/√d over the visible keys, a causal softmax
+/// kernel, then P·V.
+extension OpenCLBackend {
+    /// Work-items per row of the row-reduction kernels (RW in kernels/forward.cl).
+    static let rowWorkItems = 64
+
+    private var rowGroup: [Int] { [Self.rowWorkItems, 1] }
+
+    public func rmsNorm(_ x: MatrixView, weight: MatrixView, eps: Float, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [x, weight, out], op: "rmsNorm")
+        try Check.rmsNorm(x, weight, out, eps: eps)
+        try runtime.launch(
+            "rms_norm", in: "forward", tunables, global: [Self.rowWorkItems, x.rows], local: rowGroup,
+            [.int(x.cols), .mem(mem(x.buffer)), .int(x.offset), .int(x.rowStride), .mem(mem(weight.buffer)),
+             .int(weight.offset), .float(eps), .mem(mem(out.buffer)), .int(out.offset), .int(out.rowStride)])
+    }
+
+    public func rope(_ x: MatrixView, headDim: Int, positionOffset: Int, theta: Double) throws(SheafError) {
+        try Check.owner(self, [x], op: "rope")
+        try Check.rope(x, headDim: headDim, positionOffset: positionOffset, theta: theta)
+        let inverse = try upload((0..<(headDim / 2)).map { pow(theta, -2 * Double($0) / Double(headDim)) })
+        try runtime.launch(
+            "rope", in: "forward", tunables, global: [headDim / 2, x.cols / headDim, x.rows], local: nil,
+            [.int(x.cols / headDim), .int(headDim), .mem(mem(x.buffer)), .int(x.offset), .int(x.rowStride),
+             .int(positionOffset), .mem(mem(inverse))])
+        try synchronize()  // the frequency buffer must outlive the kernel
+    }
+
+    public func causalAttention(
+        q: MatrixView, k: MatrixView, v: MatrixView, into out: MatrixView, heads: Int, kvHeads: Int, headDim: Int
+    ) throws(SheafError) {
+        try Check.owner(self, [q, k, v, out], op: "causalAttention")
+        try Check.attention(q, k, v, out, heads: heads, kvHeads: kvHeads, headDim: headDim)
+        let shift = k.rows - q.rows, block = 256
+        let scale = 1 / Float(headDim).squareRoot()
+        let scores = try makeBuffer(.float32, count: min(block, q.rows) * k.rows)
+        for h in 0..<heads {
+            let g = h / (heads / kvHeads)
+            let kHead = try MatrixView(k.buffer, rows: k.rows, cols: headDim, rowStride: k.rowStride, offset: k.offset + g * headDim)
+            let vHead = try MatrixView(v.buffer, rows: v.rows, cols: headDim, rowStride: v.rowStride, offset: v.offset + g * headDim)
+            for t0 in stride(from: 0, to: q.rows, by: block) {
+                let rows = min(block, q.rows - t0), keys = t0 + rows + shift
+                let qBlock = try MatrixView(
+                    q.buffer, rows: rows, cols: headDim, rowStride: q.rowStride, offset: q.offset + t0 * q.rowStride + h * headDim)
+                let sBlock = try MatrixView(scores, rows: rows, cols: keys)
+                let kVisible = try MatrixView(k.buffer, rows: keys, cols: headDim, rowStride: kHead.rowStride, offset: kHead.offset)
+                let vVisible = try MatrixView(v.buffer, rows: keys, cols: headDim, rowStride: vHead.rowStride, offset: vHead.offset)
+                try gemm(qBlock, transposeA: false, kVisible, transposeB: true, into: sBlock, alpha: scale, beta: 0)
+                try runtime.launch(
+                    "causal_softmax", in: "forward", tunables, global: [Self.rowWorkItems, rows], local: rowGroup,
+                    [.int(keys), .int(t0 + shift), .mem(mem(scores)), .int(0), .int(keys)])
+                let oBlock = try MatrixView(
+                    out.buffer, rows: rows, cols: headDim, rowStride: out.rowStride, offset: out.offset + t0 * out.rowStride + h * headDim)
+                try gemm(sBlock, transposeA: false, vVisible, transposeB: false, into: oBlock, alpha: 1, beta: 0)
+            }
+        }
+    }
+
+    public func siluMultiply(gate: MatrixView, up: MatrixView, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [gate, up, out], op: "siluMultiply")
+        try Check.sameShape([gate, up, out], op: "siluMultiply")
+        try runtime.launch(
+            "silu_mul", in: "forward", tunables, global: [gate.cols, gate.rows], local: nil,
+            [.int(gate.rows), .int(gate.cols), .mem(mem(gate.buffer)), .int(gate.offset), .int(gate.rowStride),
+             .mem(mem(up.buffer)), .int(up.offset), .int(up.rowStride),
+             .mem(mem(out.buffer)), .int(out.offset), .int(out.rowStride)])
+    }
+
+    public func add(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
+        try Check.owner(self, [x, y], op: "add")
+        try Check.sameShape([x, y], op: "add")
+        try runtime.launch(
+            "add_inplace", in: "forward", tunables, global: [x.cols, x.rows], local: nil,
+            [.int(x.rows), .int(x.cols), .mem(mem(x.buffer)), .int(x.offset), .int(x.rowStride),
+             .mem(mem(y.buffer)), .int(y.offset), .int(y.rowStride)])
+    }
+
+    public func crossEntropy(logits: MatrixView, targets: DeviceBuffer, into nll: DeviceBuffer) throws(SheafError) {
+        try Check.owner(self, [logits], op: "crossEntropy")
+        try Check.crossEntropy(logits, targets, nll)
+        let t: [Int32] = try download(targets)
+        for r in 0..<logits.rows { try Check.target(t[r], at: r, vocabulary: logits.cols) }
+        try runtime.launch(
+            "cross_entropy", in: "forward", tunables, global: [Self.rowWorkItems, logits.rows], local: rowGroup,
+            [.int(logits.cols), .mem(mem(logits.buffer)), .int(logits.offset), .int(logits.rowStride),
+             .mem(mem(targets)), .mem(mem(nll))])
+    }
+}

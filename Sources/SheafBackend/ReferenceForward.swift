@@ -1,0 +1,106 @@
+import Foundation
+import SheafCore
+
+/// The forward-pass ops of the reference backend: textbook loops in Float64.
+extension ReferenceBackend {
+    public func rmsNorm(_ x: MatrixView, weight: MatrixView, eps: Float, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [x, weight, out], op: "rmsNorm")
+        try Check.rmsNorm(x, weight, out, eps: eps)
+        let px = floats(x), pw = floats(weight), po = floats(out)
+        for r in 0..<x.rows {
+            var sumSquares = 0.0
+            for c in 0..<x.cols { sumSquares += Double(px[r * x.rowStride + c]) * Double(px[r * x.rowStride + c]) }
+            let scale = 1 / (sumSquares / Double(x.cols) + Double(eps)).squareRoot()
+            for c in 0..<x.cols { po[r * out.rowStride + c] = Float(Double(px[r * x.rowStride + c]) * scale * Double(pw[c])) }
+        }
+    }
+
+    public func rope(_ x: MatrixView, headDim: Int, positionOffset: Int, theta: Double) throws(SheafError) {
+        try Check.owner(self, [x], op: "rope")
+        try Check.rope(x, headDim: headDim, positionOffset: positionOffset, theta: theta)
+        let p = floats(x), half = headDim / 2
+        for t in 0..<x.rows {
+            let position = Double(positionOffset + t)
+            for head in 0..<(x.cols / headDim) {
+                let base = p + t * x.rowStride + head * headDim
+                for i in 0..<half {
+                    let angle = position * pow(theta, -2 * Double(i) / Double(headDim))
+                    let a = Double(base[i]), b = Double(base[i + half])
+                    base[i] = Float(a * cos(angle) - b * sin(angle))
+                    base[i + half] = Float(b * cos(angle) + a * sin(angle))
+                }
+            }
+        }
+    }
+
+    public func causalAttention(
+        q: MatrixView, k: MatrixView, v: MatrixView, into out: MatrixView, heads: Int, kvHeads: Int, headDim: Int
+    ) throws(SheafError) {
+        try Check.owner(self, [q, k, v, out], op: "causalAttention")
+        try Check.attention(q, k, v, out, heads: heads, kvHeads: kvHeads, headDim: headDim)
+        let pq = floats(q), pk = floats(k), pv = floats(v), po = floats(out)
+        let shift = k.rows - q.rows, scale = 1 / Double(headDim).squareRoot()
+        var scores = [Double](repeating: 0, count: k.rows)
+        for h in 0..<heads {
+            let g = h / (heads / kvHeads)
+            for t in 0..<q.rows {
+                let visible = t + shift + 1
+                var maxScore = -Double.infinity
+                for j in 0..<visible {
+                    var dot = 0.0
+                    for i in 0..<headDim {
+                        dot += Double(pq[t * q.rowStride + h * headDim + i]) * Double(pk[j * k.rowStride + g * headDim + i])
+                    }
+                    scores[j] = dot * scale
+                    maxScore = max(maxScore, scores[j])
+                }
+                var total = 0.0
+                for j in 0..<visible {
+                    scores[j] = exp(scores[j] - maxScore)
+                    total += scores[j]
+                }
+                for i in 0..<headDim {
+                    var sum = 0.0
+                    for j in 0..<visible { sum += scores[j] * Double(pv[j * v.rowStride + g * headDim + i]) }
+                    po[t * out.rowStride + h * headDim + i] = Float(sum / total)
+                }
+            }
+        }
+    }
+
+    public func siluMultiply(gate: MatrixView, up: MatrixView, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [gate, up, out], op: "siluMultiply")
+        try Check.sameShape([gate, up, out], op: "siluMultiply")
+        let pg = floats(gate), pu = floats(up), po = floats(out)
+        for r in 0..<gate.rows {
+            for c in 0..<gate.cols {
+                let g = Double(pg[r * gate.rowStride + c])
+                po[r * out.rowStride + c] = Float(g / (1 + exp(-g)) * Double(pu[r * up.rowStride + c]))
+            }
+        }
+    }
+
+    public func add(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
+        try Check.owner(self, [x, y], op: "add")
+        try Check.sameShape([x, y], op: "add")
+        let px = floats(x), py = floats(y)
+        for r in 0..<x.rows {
+            for c in 0..<x.cols { py[r * y.rowStride + c] = Float(Double(py[r * y.rowStride + c]) + Double(px[r * x.rowStride + c])) }
+        }
+    }
+
+    public func crossEntropy(logits: MatrixView, targets: DeviceBuffer, into nll: DeviceBuffer) throws(SheafError) {
+        try Check.owner(self, [logits], op: "crossEntropy")
+        try Check.crossEntropy(logits, targets, nll)
+        let pl = floats(logits), pt = ints(targets), pn = host(nll).assumingMemoryBound(to: Float.self)
+        for r in 0..<logits.rows {
+            try Check.target(pt[r], at: r, vocabulary: logits.cols)
+            let row = pl + r * logits.rowStride
+            var maxLogit = -Double.infinity
+            for c in 0..<logits.cols { maxLogit = max(maxLogit, Double(row[c])) }
+            var total = 0.0
+            for c in 0..<logits.cols { total += exp(Double(row[c]) - maxLogit) }
+            pn[r] = Float(maxLogit + log(total) - Double(row[Int(pt[r])]))
+        }
+    }
+}

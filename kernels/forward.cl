@@ -1,0 +1,151 @@
+// forward.cl: element-wise and row-wise ops of the transformer forward pass (float32).
+// Matrices are row-major with a row stride (ld) and an element offset (off).
+//
+// rms_norm: out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * w. One work-group of RW work-items
+//   per row; the sum of squares is reduced in local memory. NDRange: global (RW, rows), local (RW, 1).
+// rope: in-place rotary embedding, rotate_half layout: in each head, element i < hd/2 pairs with
+//   i + hd/2; angle = (offset + t) * invFreq[i] (inverse frequencies computed on the host in
+//   double). NDRange: global (hd/2, heads, tokens).
+// causal_softmax: row r of scores (rows x keys) keeps its first r + shift + 1 entries, which
+//   become a max-subtracted softmax; the rest become 0. One work-group of RW per row.
+//   NDRange: global (RW, rows), local (RW, 1).
+// silu_mul: out = g / (1 + exp(-g)) * u. NDRange: global (cols, rows).
+// add_inplace: y += x. NDRange: global (cols, rows).
+// cross_entropy: nll[r] = logsumexp(logits[r]) - logits[r, target[r]], max-subtracted, the
+//   sum of exponentials in double. One work-group of RW per row. NDRange: global (RW, rows),
+//   local (RW, 1).
+
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+
+#ifndef RW
+#define RW 64   // work-items per row for the row reductions; a power of two
+#endif
+
+// Tree reduction of one value per work-item over the row's work-group; every item gets the result.
+inline float reduce_sum(float v, __local float *scratch)
+{
+    const int lid = get_local_id(0);
+    scratch[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = RW / 2; s > 0; s >>= 1) {
+        if (lid < s) scratch[lid] += scratch[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float total = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return total;
+}
+
+inline float reduce_max(float v, __local float *scratch)
+{
+    const int lid = get_local_id(0);
+    scratch[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = RW / 2; s > 0; s >>= 1) {
+        if (lid < s) scratch[lid] = max(scratch[lid], scratch[lid + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float m = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return m;
+}
+
+inline double reduce_sum_double(double v, __local double *scratch)
+{
+    const int lid = get_local_id(0);
+    scratch[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int s = RW / 2; s > 0; s >>= 1) {
+        if (lid < s) scratch[lid] += scratch[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const double total = scratch[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return total;
+}
+
+__kernel __attribute__((reqd_work_group_size(RW, 1, 1)))
+void rms_norm(const int d, __global const float *x, const int offX, const int ldx,
+              __global const float *w, const int offW, const float eps,
+              __global float *out, const int offO, const int ldo)
+{
+    __local float scratch[RW];
+    const int r = get_group_id(1), lid = get_local_id(0);
+    __global const float *row = x + offX + r * ldx;
+    float partial = 0.0f;
+    for (int c = lid; c < d; c += RW) partial = fma(row[c], row[c], partial);
+    const float scale = rsqrt(reduce_sum(partial, scratch) / d + eps);
+    __global float *dst = out + offO + r * ldo;
+    for (int c = lid; c < d; c += RW) dst[c] = row[c] * scale * w[offW + c];
+}
+
+__kernel void rope(const int heads, const int hd, __global float *x, const int offX, const int ldx,
+                   const int positionOffset, __global const double *invFreq)
+{
+    const int i = get_global_id(0), h = get_global_id(1), t = get_global_id(2);
+    const int halfDim = hd / 2;
+    if (i >= halfDim || h >= heads) return;
+    const double angle = (double)(positionOffset + t) * invFreq[i];
+    const float c = (float)cos(angle), s = (float)sin(angle);
+    __global float *base = x + offX + t * ldx + h * hd;
+    const float a = base[i], b = base[i + halfDim];
+    base[i] = a * c - b * s;
+    base[i + halfDim] = b * c + a * s;
+}
+
+__kernel __attribute__((reqd_work_group_size(RW, 1, 1)))
+void causal_softmax(const int keys, const int shift, __global float *scores, const int offS, const int lds)
+{
+    __local float scratch[RW];
+    const int r = get_group_id(1), lid = get_local_id(0);
+    __global float *row = scores + offS + r * lds;
+    const int visible = min(r + shift + 1, keys);
+    float m = -INFINITY;
+    for (int j = lid; j < visible; j += RW) m = max(m, row[j]);
+    m = reduce_max(m, scratch);
+    float partial = 0.0f;
+    for (int j = lid; j < visible; j += RW) {
+        const float e = exp(row[j] - m);
+        row[j] = e;
+        partial += e;
+    }
+    const float inverse = 1.0f / reduce_sum(partial, scratch);
+    for (int j = lid; j < keys; j += RW) row[j] = j < visible ? row[j] * inverse : 0.0f;
+}
+
+__kernel void silu_mul(const int rows, const int cols,
+                       __global const float *g, const int offG, const int ldg,
+                       __global const float *u, const int offU, const int ldu,
+                       __global float *out, const int offO, const int ldo)
+{
+    const int c = get_global_id(0), r = get_global_id(1);
+    if (c >= cols || r >= rows) return;
+    const float gv = g[offG + r * ldg + c];
+    out[offO + r * ldo + c] = gv / (1.0f + exp(-gv)) * u[offU + r * ldu + c];
+}
+
+__kernel void add_inplace(const int rows, const int cols,
+                          __global const float *x, const int offX, const int ldx,
+                          __global float *y, const int offY, const int ldy)
+{
+    const int c = get_global_id(0), r = get_global_id(1);
+    if (c >= cols || r >= rows) return;
+    y[offY + r * ldy + c] += x[offX + r * ldx + c];
+}
+
+__kernel __attribute__((reqd_work_group_size(RW, 1, 1)))
+void cross_entropy(const int vocabulary, __global const float *logits, const int offL, const int ldl,
+                   __global const int *targets, __global float *nll)
+{
+    __local float scratch[RW];
+    __local double scratchDouble[RW];
+    const int r = get_group_id(1), lid = get_local_id(0);
+    __global const float *row = logits + offL + r * ldl;
+    float m = -INFINITY;
+    for (int c = lid; c < vocabulary; c += RW) m = max(m, row[c]);
+    m = reduce_max(m, scratch);
+    double partial = 0.0;
+    for (int c = lid; c < vocabulary; c += RW) partial += (double)exp(row[c] - m);
+    const double total = reduce_sum_double(partial, scratchDouble);
+    if (lid == 0) nll[r] = (float)((double)m + log(total) - (double)row[targets[r]]);
+}
