@@ -6,7 +6,7 @@ import PackageDescription
 let package = Package(
     name: "Sheaf",
     products: [
-        .library(name: "SheafKit", targets: ["SheafCore", "SheafBackend", "SheafIO"]),
+        .library(name: "SheafKit", targets: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval"]),
         .executable(name: "sheaf", targets: ["sheaf"]),
     ],
     targets: [
@@ -22,9 +22,16 @@ let package = Package(
         .target(name: "SheafBackend", dependencies: ["SheafCore", "COpenCL", "COpenBLAS", "CKernels"]),
         // safetensors and GGUF files, model configs, tokenizers.
         .target(name: "SheafIO", dependencies: ["SheafCore"]),
-        .executableTarget(name: "sheaf", dependencies: ["SheafCore", "SheafBackend", "SheafIO"]),
+        // The Llama-family forward pass over linear-layer variants, on any backend.
+        .target(name: "SheafModel", dependencies: ["SheafCore", "SheafBackend", "SheafIO"]),
+        // Perplexity under the protocols of BENCHMARK.md.
+        .target(name: "SheafEval", dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel"]),
+        .executableTarget(name: "sheaf", dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval"]),
         // Depends on the executable so `swift test` builds the `sheaf` binary the CLI tests run.
-        .testTarget(name: "SheafBackendTests", dependencies: ["SheafCore", "SheafBackend", "sheaf"]),
+        // Also the forward-pass tests: they use backends, so they nest in the same serialized suite.
+        .testTarget(
+            name: "SheafBackendTests",
+            dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "sheaf"]),
         .testTarget(name: "SheafIOTests", dependencies: ["SheafCore", "SheafIO"]),
     ]
 )

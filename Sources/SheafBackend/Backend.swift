@@ -76,6 +76,19 @@ public struct MatrixView: Sendable {
         self.offset = offset
     }
 
+    /// A (rows, cols) view that repeats the single row of `row` (rowStride 0): an input to
+    /// element-wise ops such as `add`, for a bias. Not valid as a GEMM operand.
+    public init(broadcasting row: MatrixView, rows: Int) throws(SheafError) {
+        guard row.rows == 1, rows >= 1 else {
+            throw .invalidArgument(op: "MatrixView", detail: "broadcasting needs a single row, got \(row.shape)")
+        }
+        buffer = row.buffer
+        self.rows = rows
+        cols = row.cols
+        rowStride = 0
+        offset = row.offset
+    }
+
     public var shape: String { "(\(rows), \(cols))" + (rowStride != cols ? " stride \(rowStride)" : "") }
     public var isEmpty: Bool { rows == 0 || cols == 0 }
 }

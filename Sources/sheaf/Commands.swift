@@ -13,6 +13,10 @@ let mainHelp = """
       doctor            List OpenCL devices and OpenBLAS, and check every op on every backend
                         against the Float64 reference (PASS/FAIL with the measured error).
       bench kernels     GFLOP/s of each numeric op per backend next to OpenBLAS and the peak.
+      inspect MODEL     Architecture, shapes, stored types and parameter counts of a model.
+      convert MODEL     GGUF or HuggingFace model -> HuggingFace folder (safetensors, f32/f16/bf16).
+      tokenize MODEL    Token count (and ids) of a text file with the model's tokenizer.
+      eval MODEL        Perplexity (Protocol S or P of BENCHMARK.md), tokens/s, peak memory.
       compress          Compress a model (not implemented yet: see README).
       help [command]    Show help for a command.
 

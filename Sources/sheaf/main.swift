@@ -11,6 +11,10 @@ do {
         case "doctor": print(doctorHelp)
         case "bench": print(benchHelp)
         case "compress": print(compressHelp)
+        case "inspect": print(inspectHelp)
+        case "convert": print(convertHelp)
+        case "tokenize": print(tokenizeHelp)
+        case "eval": print(evalHelp)
         default: print(mainHelp)
         }
         status = 0
@@ -20,6 +24,10 @@ do {
     case "doctor": status = try Commands.doctor(Array(args.dropFirst()))
     case "bench": status = try Commands.bench(Array(args.dropFirst()))
     case "compress": status = try Commands.compress(Array(args.dropFirst()))
+    case "inspect": status = try ModelCommands.inspect(Array(args.dropFirst()))
+    case "convert": status = try ModelCommands.convert(Array(args.dropFirst()))
+    case "tokenize": status = try ModelCommands.tokenize(Array(args.dropFirst()))
+    case "eval": status = try EvalCommand.run(Array(args.dropFirst()))
     case let other?:
         throw UsageError(description: "unknown command '\(other)'")
     }

@@ -1,0 +1,55 @@
+import Foundation
+import SheafCore
+
+/// GGUF (or HuggingFace) model → a standard HuggingFace folder.
+public enum HFExport {
+    /// Writes config.json, model.safetensors (sharded above `shardBytes`), tokenizer.json and
+    /// generation_config.json into `out`, with tensors under their HuggingFace names stored as
+    /// `dtype`. Everything is written into a temporary sibling folder renamed to `out` at the
+    /// end; an existing `out` is refused unless `replace`.
+    public static func write(
+        _ model: ModelFiles, to out: String, dtype: SafetensorsDType = .F32, replace: Bool = false,
+        shardBytes: Int = 5 << 30, progress: (String) -> Void = { _ in }
+    ) throws(SheafError) {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: out) && !replace {
+            throw .io(path: out, detail: "output folder exists (pass --force to replace it)")
+        }
+        let tokenizer = try model.tokenizer()
+        let partial = out + ".partial-\(getpid())"
+        try? fm.removeItem(atPath: partial)
+        do throws(SheafError) {
+            do { try fm.createDirectory(atPath: partial, withIntermediateDirectories: true) } catch {
+                throw .io(path: partial, detail: "cannot create: \(error.localizedDescription)")
+            }
+            var tensors: [TensorToWrite] = []
+            let t0 = monotonicSeconds()
+            for (i, name) in model.tensorNames.enumerated() {
+                let info = try model.info(name)
+                tensors.append(try TensorToWrite(name: name, shape: info.shape, values: try model.float32(name), as: dtype))
+                if i % 25 == 0 || i == model.tensorNames.count - 1 {
+                    progress("\(i + 1)/\(model.tensorNames.count) tensors read (\(String(format: "%.1f", monotonicSeconds() - t0)) s)")
+                }
+            }
+            try SafetensorsWriter.writeModel(tensors, metadata: ["format": "pt"], to: partial, shardBytes: shardBytes)
+            try atomicWrite(try model.config.configJSON(), to: partial + "/config.json")
+            try atomicWrite(tokenizer.tokenizerJSON(), to: partial + "/tokenizer.json")
+            var generation: [String: Any] = ["_from_model_config": true]
+            if let b = model.config.bosTokenID { generation["bos_token_id"] = b }
+            if let e = model.config.eosTokenID { generation["eos_token_id"] = e }
+            guard let json = try? JSONSerialization.data(withJSONObject: generation, options: [.prettyPrinted, .sortedKeys]) else {
+                throw .io(path: out, detail: "cannot encode generation_config.json")
+            }
+            try atomicWrite(json, to: partial + "/generation_config.json")
+            do {
+                if fm.fileExists(atPath: out) { try fm.removeItem(atPath: out) }
+                try fm.moveItem(atPath: partial, toPath: out)
+            } catch {
+                throw .io(path: out, detail: "cannot move the finished folder into place: \(error.localizedDescription)")
+            }
+        } catch {
+            try? fm.removeItem(atPath: partial)
+            throw error
+        }
+    }
+}

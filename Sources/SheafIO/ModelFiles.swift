@@ -1,0 +1,205 @@
+import Foundation
+import SheafCore
+
+/// A checkpoint on disk, seen with HuggingFace tensor names whatever its format: a
+/// HuggingFace folder (config.json + model.safetensors or a sharded index) or a GGUF file
+/// (names mapped from llama.cpp's, llama Q/K rows un-permuted to the HF order).
+public final class ModelFiles: @unchecked Sendable {
+    public enum Format: String, Sendable { case safetensors, gguf }
+
+    public let path: String
+    public let format: Format
+    public let config: ModelConfig
+    /// The underlying file(s) with their own tensor names.
+    public let store: any TensorStore
+    /// HF name → where its values come from.
+    let sources: [String: Source]
+    /// HF tensor names, sorted.
+    public let tensorNames: [String]
+
+    struct Source {
+        var storeName: String
+        /// llama GGUF Q/K projections: un-permute rows with this many heads.
+        var unpermuteHeads: Int?
+    }
+
+    public static func open(_ path: String) throws(SheafError) -> ModelFiles {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw .io(path: path, detail: "no such file or folder")
+        }
+        if isDir.boolValue { return try openFolder(path) }
+        if path.hasSuffix(".safetensors") {
+            throw .io(path: path, detail: "give the model's folder (with config.json), not a single .safetensors file")
+        }
+        return try openGGUF(path)
+    }
+
+    private init(path: String, format: Format, config: ModelConfig, store: any TensorStore, sources: [String: Source]) {
+        self.path = path
+        self.format = format
+        self.config = config
+        self.store = store
+        self.sources = sources
+        tensorNames = sources.keys.sorted()
+    }
+
+    private static func openFolder(_ dir: String) throws(SheafError) -> ModelFiles {
+        let config = try ModelConfig.load(configJSON: dir + "/config.json")
+        let index = dir + "/model.safetensors.index.json", single = dir + "/model.safetensors"
+        let store: any TensorStore
+        if FileManager.default.fileExists(atPath: index) {
+            store = try ShardedSafetensors(indexPath: index)
+        } else if FileManager.default.fileExists(atPath: single) {
+            store = try SafetensorsFile(path: single)
+        } else {
+            throw .io(path: dir, detail: "no model.safetensors or model.safetensors.index.json")
+        }
+        var sources: [String: Source] = [:]
+        for name in store.tensorNames { sources[name] = Source(storeName: name, unpermuteHeads: nil) }
+        return ModelFiles(path: dir, format: .safetensors, config: config, store: store, sources: sources)
+    }
+
+    private static func openGGUF(_ path: String) throws(SheafError) -> ModelFiles {
+        let gguf = try GGUFFile(path: path)
+        let config = try ggufConfig(gguf)
+        var sources: [String: Source] = [:]
+        for name in gguf.tensorNames {
+            guard let hf = hfName(ggufName: name) else { continue }  // e.g. rope_freqs: not a weight
+            var heads: Int?
+            if config.architecture == "llama" && gguf.architecture == "llama" {
+                if name.hasSuffix("attn_q.weight") || name.hasSuffix("attn_q.bias") { heads = config.headCount }
+                if name.hasSuffix("attn_k.weight") || name.hasSuffix("attn_k.bias") { heads = config.kvHeadCount }
+            }
+            sources[hf] = Source(storeName: name, unpermuteHeads: heads)
+        }
+        return ModelFiles(path: path, format: .gguf, config: config, store: gguf, sources: sources)
+    }
+
+    /// llama.cpp tensor names → HuggingFace names.
+    static func hfName(ggufName name: String) -> String? {
+        let fixed = [
+            "token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight",
+        ]
+        if let f = fixed[name] { return f }
+        let parts = name.split(separator: ".", maxSplits: 2).map(String.init)
+        guard parts.count == 3, parts[0] == "blk", let layer = Int(parts[1]) else { return nil }
+        let blocks = [
+            "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
+            "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
+            "attn_v.weight": "self_attn.v_proj.weight", "attn_output.weight": "self_attn.o_proj.weight",
+            "attn_q.bias": "self_attn.q_proj.bias", "attn_k.bias": "self_attn.k_proj.bias",
+            "attn_v.bias": "self_attn.v_proj.bias",
+            "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
+            "ffn_down.weight": "mlp.down_proj.weight",
+        ]
+        guard let suffix = blocks[parts[2]] else { return nil }
+        return "model.layers.\(layer).\(suffix)"
+    }
+
+    /// The architecture from GGUF metadata (`general.architecture`, then `<arch>.*` keys).
+    static func ggufConfig(_ g: GGUFFile) throws(SheafError) -> ModelConfig {
+        let arch = g.architecture ?? "(missing general.architecture)"
+        func int(_ key: String) throws(SheafError) -> Int {
+            guard let v = g.metadata["\(arch).\(key)"]?.int else {
+                throw .io(path: g.path, detail: "missing or non-integer metadata key '\(arch).\(key)'")
+            }
+            return v
+        }
+        // GGUF stores these as float32: take the shortest decimal that rounds to it (1e-05,
+        // not 9.99999974e-06), as the HuggingFace config that produced it had.
+        func optionalDouble(_ key: String) -> Double? {
+            guard let v = g.metadata["\(arch).\(key)"]?.double else { return nil }
+            return Double(Float(v).description) ?? v
+        }
+        guard ModelConfig.supportedArchitectures.contains(arch) else {
+            throw .io(path: g.path, detail: "unsupported architecture '\(arch)' (supported: \(ModelConfig.supportedArchitectures.joined(separator: ", ")))")
+        }
+        let heads = try int("attention.head_count"), hidden = try int("embedding_length")
+        let vocab = g.metadata["tokenizer.ggml.tokens"]?.stringArray?.count
+            ?? g.metadata["\(arch).vocab_size"]?.int ?? (try? g.info("token_embd.weight").shape.first) ?? 0
+        do {
+            return try ModelConfig(
+                architecture: arch, hiddenSize: hidden, intermediateSize: try int("feed_forward_length"),
+                layerCount: try int("block_count"), headCount: heads,
+                kvHeadCount: g.metadata["\(arch).attention.head_count_kv"]?.int ?? heads,
+                headDim: g.metadata["\(arch).attention.key_length"]?.int, vocabularySize: vocab,
+                ropeTheta: optionalDouble("rope.freq_base") ?? 10_000,
+                rmsNormEps: optionalDouble("attention.layer_norm_rms_epsilon") ?? 1e-5,
+                maxPositions: g.metadata["\(arch).context_length"]?.int ?? 2048,
+                tiedEmbeddings: !g.tensorNames.contains("output.weight"),
+                bosTokenID: g.metadata["tokenizer.ggml.bos_token_id"]?.int,
+                eosTokenID: g.metadata["tokenizer.ggml.eos_token_id"]?.int)
+        } catch {
+            throw .io(path: g.path, detail: error.description)
+        }
+    }
+
+    private func source(_ name: String) throws(SheafError) -> Source {
+        guard let s = sources[name] else { throw .io(path: path, detail: "no tensor named '\(name)'") }
+        return s
+    }
+
+    /// Shape in PyTorch order and the stored type (e.g. "Q4_1", "BF16"), under the HF name.
+    public func info(_ name: String) throws(SheafError) -> TensorInfo {
+        var i = try store.info(try source(name).storeName)
+        i.name = name
+        return i
+    }
+
+    /// Float32 values in the HuggingFace layout.
+    public func float32(_ name: String) throws(SheafError) -> [Float] {
+        let s = try source(name)
+        let values = try store.float32(s.storeName)
+        guard let heads = s.unpermuteHeads else { return values }
+        return try LlamaPermutation.unpermute(values, shape: try store.info(s.storeName).shape, heads: heads)
+    }
+
+    /// Bytes of the model's files on disk.
+    public var fileBytes: Int {
+        var files: [String] = []
+        if format == .gguf {
+            files = [path]
+        } else {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            files = names.filter { $0.hasSuffix(".safetensors") }.map { path + "/" + $0 }
+        }
+        return files.reduce(0) { total, f in
+            total + ((try? FileManager.default.attributesOfItem(atPath: f)[.size] as? Int) ?? 0)
+        }
+    }
+
+    /// The tokenizer: tokenizer.json of a folder, or built from GGUF metadata.
+    public func tokenizer() throws(SheafError) -> Tokenizer {
+        switch format {
+        case .safetensors:
+            return try Tokenizer.load(tokenizerJSON: path + "/tokenizer.json")
+        case .gguf:
+            guard let g = store as? GGUFFile else { throw .io(path: path, detail: "not a GGUF store") }
+            return try Tokenizer.fromGGUF(g)
+        }
+    }
+}
+
+extension Tokenizer {
+    /// A tokenizer from the `tokenizer.ggml.*` metadata of a GGUF file.
+    public static func fromGGUF(_ g: GGUFFile) throws(SheafError) -> Tokenizer {
+        let m = g.metadata
+        guard let model = m["tokenizer.ggml.model"]?.string, let tokens = m["tokenizer.ggml.tokens"]?.stringArray else {
+            throw .io(path: g.path, detail: "no tokenizer in the GGUF metadata (tokenizer.ggml.model / tokenizer.ggml.tokens)")
+        }
+        do {
+            let spec = try TokenizerSpec.fromGGUFFields(
+                model: model, pre: m["tokenizer.ggml.pre"]?.string, tokens: tokens,
+                merges: m["tokenizer.ggml.merges"]?.stringArray,
+                tokenTypes: m["tokenizer.ggml.token_type"]?.intArray?.map { Int32(truncatingIfNeeded: $0) },
+                scores: m["tokenizer.ggml.scores"]?.floatArray?.map { Float($0) },
+                bos: m["tokenizer.ggml.bos_token_id"]?.int, eos: m["tokenizer.ggml.eos_token_id"]?.int,
+                unk: m["tokenizer.ggml.unknown_token_id"]?.int, addBOS: m["tokenizer.ggml.add_bos_token"]?.bool)
+            return try Tokenizer(spec: spec)
+        } catch {
+            throw .io(path: g.path, detail: "tokenizer: \(error.description)")
+        }
+    }
+}

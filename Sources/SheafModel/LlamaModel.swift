@@ -1,0 +1,177 @@
+import Foundation
+import SheafBackend
+import SheafCore
+import SheafIO
+
+/// One decoder block's weights on the backend.
+public final class DecoderLayer: @unchecked Sendable {
+    public var q, k, v, o, gate, up, down: any LinearLayer
+    /// RMSNorm weights, (1, hidden).
+    let inputNorm, postAttentionNorm: MatrixView
+
+    init(
+        q: any LinearLayer, k: any LinearLayer, v: any LinearLayer, o: any LinearLayer, gate: any LinearLayer,
+        up: any LinearLayer, down: any LinearLayer, inputNorm: MatrixView, postAttentionNorm: MatrixView
+    ) {
+        (self.q, self.k, self.v, self.o) = (q, k, v, o)
+        (self.gate, self.up, self.down) = (gate, up, down)
+        self.inputNorm = inputNorm
+        self.postAttentionNorm = postAttentionNorm
+    }
+}
+
+/// The Llama-family decoder (llama, mistral, qwen2, SmolLM): token embedding, per layer
+/// RMSNorm → grouped-query attention with RoPE → residual, RMSNorm → SwiGLU MLP → residual,
+/// final RMSNorm and a tied or untied output head. Float32 activations on any backend.
+public final class LlamaModel: @unchecked Sendable {
+    public let config: ModelConfig
+    public let backend: any Backend
+    /// (vocabulary, hidden) on the host: rows are gathered per window.
+    let embedding: [Float]
+    public var layers: [DecoderLayer]
+    let finalNorm: MatrixView
+    /// Output head W (vocabulary, hidden), tied to the embedding or not.
+    let head: any LinearLayer
+
+    /// Loads every weight from `files` onto `backend`, checking each for NaN/Inf by name.
+    public init(files: ModelFiles, backend: any Backend, progress: (String) -> Void = { _ in }) throws(SheafError) {
+        let c = files.config
+        config = c
+        self.backend = backend
+        func values(_ name: String, _ shape: [Int]) throws(SheafError) -> [Float] {
+            let info = try files.info(name)
+            guard info.shape == shape else {
+                throw .shapeMismatch(op: "load \(files.path)", detail: "tensor '\(name)' has shape \(info.shape), expected \(shape)")
+            }
+            let v = try files.float32(name)
+            if let bad = v.firstIndex(where: { !$0.isFinite }) {
+                throw .nonFinite(op: "load \(files.path)", what: "tensor '\(name)' at element \(bad) (\(v[bad]))")
+            }
+            return v
+        }
+        func vector(_ name: String, _ n: Int) throws(SheafError) -> MatrixView {
+            try MatrixView(backend.upload(try values(name, [n]), label: name), rows: 1, cols: n)
+        }
+        func linear(_ name: String, _ outSize: Int, _ inSize: Int, bias: Bool = false) throws(SheafError) -> DenseLinear {
+            let b: [Float]? = bias ? try values(name + ".bias", [outSize]) : nil
+            return try DenseLinear(
+                weight: try values(name + ".weight", [outSize, inSize]), outputSize: outSize, inputSize: inSize, bias: b,
+                on: backend, name: name)
+        }
+        let (d, hd) = (c.hiddenSize, c.headDim)
+        embedding = try values("model.embed_tokens.weight", [c.vocabularySize, d])
+        var layers: [DecoderLayer] = []
+        for i in 0..<c.layerCount {
+            let p = "model.layers.\(i)."
+            layers.append(DecoderLayer(
+                q: try linear(p + "self_attn.q_proj", c.headCount * hd, d, bias: c.attentionBias),
+                k: try linear(p + "self_attn.k_proj", c.kvHeadCount * hd, d, bias: c.attentionBias),
+                v: try linear(p + "self_attn.v_proj", c.kvHeadCount * hd, d, bias: c.attentionBias),
+                o: try linear(p + "self_attn.o_proj", d, c.headCount * hd),
+                gate: try linear(p + "mlp.gate_proj", c.intermediateSize, d),
+                up: try linear(p + "mlp.up_proj", c.intermediateSize, d),
+                down: try linear(p + "mlp.down_proj", d, c.intermediateSize),
+                inputNorm: try vector(p + "input_layernorm.weight", d),
+                postAttentionNorm: try vector(p + "post_attention_layernorm.weight", d)))
+            progress("loaded layer \(i + 1)/\(c.layerCount)")
+        }
+        self.layers = layers
+        finalNorm = try vector("model.norm.weight", d)
+        head = c.tiedEmbeddings
+            ? try DenseLinear(weight: embedding, outputSize: c.vocabularySize, inputSize: d, on: backend, name: "tied head")
+            : try linear("lm_head", c.vocabularySize, d)
+    }
+
+    /// Scratch activations for one sequence of `tokens`.
+    struct Activations {
+        let hidden, normed, q, k, v, attention, projected, gate, up: MatrixView
+
+        init(_ be: any Backend, tokens t: Int, _ c: ModelConfig) throws(SheafError) {
+            hidden = try be.zeros(.float32, rows: t, cols: c.hiddenSize)
+            normed = try be.zeros(.float32, rows: t, cols: c.hiddenSize)
+            q = try be.zeros(.float32, rows: t, cols: c.headCount * c.headDim)
+            k = try be.zeros(.float32, rows: t, cols: c.kvHeadCount * c.headDim)
+            v = try be.zeros(.float32, rows: t, cols: c.kvHeadCount * c.headDim)
+            attention = try be.zeros(.float32, rows: t, cols: c.headCount * c.headDim)
+            projected = try be.zeros(.float32, rows: t, cols: c.hiddenSize)
+            gate = try be.zeros(.float32, rows: t, cols: c.intermediateSize)
+            up = try be.zeros(.float32, rows: t, cols: c.intermediateSize)
+        }
+    }
+
+    /// The embedding rows of `tokens` as a (tokens, hidden) matrix on the backend.
+    func embed(_ tokens: [Int32]) throws(SheafError) -> MatrixView {
+        let d = config.hiddenSize
+        var rows = [Float](repeating: 0, count: tokens.count * d)
+        for (i, t) in tokens.enumerated() {
+            guard t >= 0, Int(t) < config.vocabularySize else {
+                throw .invalidArgument(op: "embed", detail: "token id \(t) outside the vocabulary of \(config.vocabularySize)")
+            }
+            for j in 0..<d { rows[i * d + j] = embedding[Int(t) * d + j] }
+        }
+        return try MatrixView(backend.upload(rows, label: "embeddings"), rows: tokens.count, cols: d)
+    }
+
+    /// Runs decoder block `layer` on a whole sequence in `a.hidden` (positions from 0).
+    func block(_ layer: DecoderLayer, _ a: Activations) throws(SheafError) {
+        let c = config, be = backend
+        try be.rmsNorm(a.hidden, weight: layer.inputNorm, eps: Float(c.rmsNormEps), into: a.normed)
+        try layer.q.forward(a.normed, into: a.q)
+        try layer.k.forward(a.normed, into: a.k)
+        try layer.v.forward(a.normed, into: a.v)
+        try be.rope(a.q, headDim: c.headDim, positionOffset: 0, theta: c.ropeTheta)
+        try be.rope(a.k, headDim: c.headDim, positionOffset: 0, theta: c.ropeTheta)
+        try be.causalAttention(
+            q: a.q, k: a.k, v: a.v, into: a.attention, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+        try layer.o.forward(a.attention, into: a.projected)
+        try be.add(a.projected, into: a.hidden)
+        try be.rmsNorm(a.hidden, weight: layer.postAttentionNorm, eps: Float(c.rmsNormEps), into: a.normed)
+        try layer.gate.forward(a.normed, into: a.gate)
+        try layer.up.forward(a.normed, into: a.up)
+        try be.siluMultiply(gate: a.gate, up: a.up, into: a.gate)
+        try layer.down.forward(a.gate, into: a.projected)
+        try be.add(a.projected, into: a.hidden)
+    }
+
+    /// The final-norm hidden states (tokens, hidden) of one sequence.
+    public func hiddenStates(_ tokens: [Int32]) throws(SheafError) -> MatrixView {
+        guard !tokens.isEmpty else { throw .invalidArgument(op: "forward", detail: "empty token sequence") }
+        let a = try Activations(backend, tokens: tokens.count, config)
+        let embedded = try embed(tokens)
+        try backend.add(embedded, into: a.hidden)
+        for layer in layers { try block(layer, a) }
+        try backend.rmsNorm(a.hidden, weight: finalNorm, eps: Float(config.rmsNormEps), into: a.normed)
+        return a.normed
+    }
+
+    /// Logits (tokens, vocabulary) of one sequence: for tests and generation on short inputs.
+    public func logits(_ tokens: [Int32]) throws(SheafError) -> Matrix<Float> {
+        let h = try hiddenStates(tokens)
+        let out = try backend.zeros(.float32, rows: tokens.count, cols: config.vocabularySize)
+        try head.forward(h, into: out)
+        return try backend.download(out)
+    }
+
+    /// Negative log-likelihoods of tokens[1...] given their prefixes (tokens.count − 1
+    /// values). The head runs in chunks of `chunkRows` rows so a 2048-token window never holds
+    /// all 2048 × vocabulary logits at once.
+    public func nextTokenNLL(_ tokens: [Int32], chunkRows: Int = 256) throws(SheafError) -> [Float] {
+        guard tokens.count >= 2 else { throw .invalidArgument(op: "nextTokenNLL", detail: "need at least 2 tokens, got \(tokens.count)") }
+        let h = try hiddenStates(tokens)
+        let predictions = tokens.count - 1
+        let logits = try backend.zeros(.float32, rows: min(chunkRows, predictions), cols: config.vocabularySize)
+        var nll: [Float] = []
+        nll.reserveCapacity(predictions)
+        for r0 in stride(from: 0, to: predictions, by: chunkRows) {
+            let rows = min(chunkRows, predictions - r0)
+            let hChunk = try MatrixView(h.buffer, rows: rows, cols: h.cols, rowStride: h.rowStride, offset: h.offset + r0 * h.rowStride)
+            let lChunk = try MatrixView(logits.buffer, rows: rows, cols: logits.cols)
+            try head.forward(hChunk, into: lChunk)
+            let targets = try backend.upload(Array(tokens[(r0 + 1)...(r0 + rows)]))
+            let out = try backend.makeBuffer(.float32, count: rows)
+            try backend.crossEntropy(logits: lChunk, targets: targets, into: out)
+            nll.append(contentsOf: try backend.download(out) as [Float])
+        }
+        return nll
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import SheafBackend
+import SheafCore
+import SheafEval
+import SheafIO
+import SheafModel
+
+let evalHelp = """
+    USAGE: sheaf eval MODEL [--text FILE] [--ctx N] [--windows N|all] [--protocol S|P]
+                            [--backend auto|cpu|opencl] [--json]
+
+    Perplexity of MODEL (a HuggingFace folder or a GGUF file, run in float32) on non-overlapping
+    windows of the text, each scored independently: exp(mean NLL) over every prediction.
+    Protocol S (default): the first 32 windows of 2048 tokens of WikiText-2 test; Protocol P:
+    all complete windows. --ctx and --windows override the protocol's. The text defaults to
+    $SHEAF_DATA/wikitext-2-raw/wiki.test.raw, else ../shared/data/wikitext-2-raw/wiki.test.raw.
+    Progress with ETA goes to stderr; the result (with tokens/s and peak memory) to stdout.
+    """
+
+enum EvalCommand {
+    /// WikiText-2 test: from SHEAF_DATA, else ../shared/data beside the working directory.
+    static func defaultText() throws -> String {
+        let candidates = [Env.get("SHEAF_DATA"), "../shared/data"].compactMap { $0 }
+            .map { $0 + "/wikitext-2-raw/wiki.test.raw" }
+        guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+            throw UsageError(description: "no evaluation text: pass --text FILE or set SHEAF_DATA to the folder holding wikitext-2-raw/")
+        }
+        return found
+    }
+
+    static func run(_ args: [String]) throws -> Int32 {
+        let a = try Arguments(args, options: ["text", "ctx", "windows", "protocol", "backend"], flags: ["json", "help"])
+        if a.flag("help") { print(evalHelp); return 0 }
+        guard a.positionals.count == 1 else { throw UsageError(description: "eval takes one MODEL (a folder or a .gguf file)") }
+        guard let proto = EvalProtocol(rawValue: a.value("protocol") ?? "S") else {
+            throw UsageError(description: "--protocol must be S or P")
+        }
+        let context = try a.int("ctx") ?? proto.context
+        var windowCount = proto.windows
+        if let w = a.value("windows") {
+            if w == "all" { windowCount = nil } else {
+                guard let n = Int(w) else { throw UsageError(description: "--windows expects a count or 'all', got '\(w)'") }
+                windowCount = n
+            }
+        }
+        let textPath = try a.value("text") ?? defaultText()
+        guard let bytes = FileManager.default.contents(atPath: textPath) else {
+            throw SheafError.io(path: textPath, detail: "cannot read the text")
+        }
+        guard let text = String(data: bytes, encoding: .utf8) else { throw SheafError.io(path: textPath, detail: "not valid UTF-8") }
+
+        let files = try ModelFiles.open(a.positionals[0])
+        guard context <= files.config.maxPositions else {
+            throw UsageError(description: "--ctx \(context) exceeds the model's context of \(files.config.maxPositions) tokens")
+        }
+        let tokenizer = try files.tokenizer()
+        guard tokenizer.vocabularySize <= files.config.vocabularySize else {
+            throw SheafError.invalidArgument(
+                op: "eval", detail: "the tokenizer has \(tokenizer.vocabularySize) tokens, the model's vocabulary \(files.config.vocabularySize)")
+        }
+        let windows = try Perplexity.windows(tokenizer.encode(text), context: context, count: windowCount)
+        let backend = try BackendSelection.make(try Env.backendChoice(a.value("backend")), options: try Env.backendOptions())
+        note("eval: \(windows.count) windows of \(context) tokens on \(backend.kind.rawValue) (\(backend.deviceName))")
+        let model = try LlamaModel(files: files, backend: backend)
+        let result = try Perplexity.evaluate(model, windows: windows) { done, total, seconds in
+            let eta = seconds / Double(done) * Double(total - done)
+            note("eval: window \(done)/\(total), \(fixed(Double(done * context) / seconds)) tokens/s, ETA \(fixed(eta)) s")
+        }
+        if a.flag("json") {
+            try printJSON(result)
+            return 0
+        }
+        print("perplexity \(String(format: "%.4f", result.perplexity)) (mean NLL \(String(format: "%.6f", result.meanNLL)) over "
+            + "\(result.predictions) predictions, \(result.windows) windows of \(result.context)); "
+            + "\(fixed(result.seconds)) s, \(fixed(result.tokensPerSecond)) tokens/s, peak memory "
+            + (result.peakResidentBytes.map { "\(fixed(Double($0) / 1e9, 2)) GB" } ?? "unknown"))
+        return 0
+    }
+}

@@ -1,0 +1,101 @@
+import Foundation
+import SheafBackend
+import SheafCore
+import SheafEval
+import SheafIO
+import SheafModel
+import Testing
+
+/// A tiny random Llama written as a HuggingFace folder: hidden 64, 4 query heads and 2
+/// key-value heads of 16, MLP 96, 2 layers, vocabulary 101.
+enum TinyModel {
+    static func write(seed: UInt64 = 7, attentionBias: Bool = false, nanIn: String? = nil) throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-tiny-\(getpid())-\(seed)-\(nanIn ?? "")").path
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let config = try ModelConfig(
+            architecture: attentionBias ? "qwen2" : "llama", hiddenSize: 64, intermediateSize: 96, layerCount: 2, headCount: 4,
+            kvHeadCount: 2, headDim: 16, vocabularySize: 101, ropeTheta: 10_000, rmsNormEps: 1e-5, maxPositions: 512,
+            tiedEmbeddings: false, attentionBias: attentionBias)
+        try config.configJSON().write(to: URL(fileURLWithPath: dir + "/config.json"))
+        var rng = SplitMix64(seed: seed)
+        var tensors: [TensorToWrite] = []
+        func add(_ name: String, _ shape: [Int], scale: Float, offset: Float = 0) throws {
+            var values = (0..<shape.reduce(1, *)).map { _ in rng.nextSignedUnitFloat() * scale + offset }
+            if name == nanIn { values[3] = .nan }
+            tensors.append(try TensorToWrite(name: name, shape: shape, values: values))
+        }
+        try add("model.embed_tokens.weight", [101, 64], scale: 1)
+        try add("lm_head.weight", [101, 64], scale: 0.2)
+        try add("model.norm.weight", [64], scale: 0.1, offset: 1)
+        for i in 0..<2 {
+            let p = "model.layers.\(i)."
+            try add(p + "input_layernorm.weight", [64], scale: 0.1, offset: 1)
+            try add(p + "post_attention_layernorm.weight", [64], scale: 0.1, offset: 1)
+            for (name, out, inp) in [("self_attn.q_proj", 64, 64), ("self_attn.k_proj", 32, 64), ("self_attn.v_proj", 32, 64),
+                                     ("self_attn.o_proj", 64, 64), ("mlp.gate_proj", 96, 64), ("mlp.up_proj", 96, 64),
+                                     ("mlp.down_proj", 64, 96)] {
+                try add(p + name + ".weight", [out, inp], scale: 0.25)
+                if attentionBias && ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].contains(name) {
+                    try add(p + name + ".bias", [out], scale: 0.1)
+                }
+            }
+        }
+        try SafetensorsWriter.writeModel(tensors, to: dir)
+        return dir
+    }
+}
+
+extension BackendSuites {
+    @Suite struct Forward {
+        static let tokens: [Int32] = [5, 17, 99, 0, 42, 42, 7, 100, 63, 1, 2, 3, 88, 21, 34, 55, 89, 13, 8, 5, 3]
+
+        /// cpu and opencl logits equal the reference backend's on a tiny random model.
+        @Test(arguments: [false, true])
+        func backendsAgreeOnLogits(attentionBias: Bool) throws {
+            let dir = try TinyModel.write(attentionBias: attentionBias)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let files = try ModelFiles.open(dir)
+            let want = try LlamaModel(files: files, backend: Backends.reference).logits(Self.tokens)
+            for be: any Backend in [Backends.cpu, try Backends.opencl(), try Backends.openclGPUVariant()] {
+                let got = try LlamaModel(files: files, backend: be).logits(Self.tokens)
+                let (error, failure) = Parity.compare(got.values, want.values)
+                #expect(failure.isEmpty && error < 1e-6, "\(be.kind) (\(be.deviceName)): normalised MSE \(error) \(failure)")
+            }
+        }
+
+        /// Causality: the logits of a prefix do not depend on the tokens after it.
+        @Test func laterTokensDoNotChangeEarlierLogits() throws {
+            let dir = try TinyModel.write()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let model = try LlamaModel(files: try ModelFiles.open(dir), backend: Backends.cpu)
+            let full = try model.logits(Self.tokens), prefix = try model.logits(Array(Self.tokens.prefix(8)))
+            let (error, _) = Parity.compare(Array(full.values.prefix(8 * 101)), prefix.values)
+            #expect(error < 1e-12)
+            // The NLL path gives the log-softmax of the same logits.
+            let nll = try model.nextTokenNLL(Self.tokens, chunkRows: 5)
+            for r in [0, 7, 19] {
+                let row = full.values[(r * 101)..<((r + 1) * 101)].map(Double.init)
+                let m = row.max()!
+                let expected = m + log(row.reduce(0) { $0 + exp($1 - m) }) - row[Int(Self.tokens[r + 1])]
+                #expect(abs(Double(nll[r]) - expected) < 1e-4 * max(1, expected))
+            }
+        }
+
+        @Test func nanWeightsAreNamed() throws {
+            let dir = try TinyModel.write(nanIn: "model.layers.1.mlp.up_proj.weight")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            #expect { try LlamaModel(files: try ModelFiles.open(dir), backend: Backends.cpu) } throws: {
+                "\($0)".contains("model.layers.1.mlp.up_proj.weight")
+            }
+        }
+
+        @Test func windowsRefuseImpossibleRequests() throws {
+            let tokens = [Int32](repeating: 1, count: 100)
+            #expect(try Perplexity.windows(tokens, context: 32, count: nil).count == 3)
+            #expect(throws: SheafError.self) { try Perplexity.windows(tokens, context: 200, count: nil) }
+            #expect(throws: SheafError.self) { try Perplexity.windows(tokens, context: 32, count: 4) }
+            #expect(throws: SheafError.self) { try Perplexity.windows(tokens, context: 32, count: 0) }
+        }
+    }
+}
