@@ -112,17 +112,52 @@ public final class LlamaModel: @unchecked Sendable {
         return try MatrixView(backend.upload(rows, label: "embeddings"), rows: tokens.count, cols: d)
     }
 
-    /// Runs decoder block `layer` on a whole sequence in `a.hidden` (positions from 0).
-    func block(_ layer: DecoderLayer, _ a: Activations) throws(SheafError) {
-        let c = config, be = backend
+    /// Key and value rows of earlier positions, per layer, for incremental decoding.
+    public final class KVCache: @unchecked Sendable {
+        /// (capacity, kvHeads·headDim) per layer.
+        let keys: [MatrixView], values: [MatrixView]
+        public let capacity: Int
+        /// Positions filled so far.
+        public internal(set) var length = 0
+
+        init(_ model: LlamaModel, capacity: Int) throws(SheafError) {
+            let width = model.config.kvHeadCount * model.config.headDim
+            var k: [MatrixView] = [], v: [MatrixView] = []
+            for _ in model.layers {
+                k.append(try model.backend.zeros(.float32, rows: capacity, cols: width))
+                v.append(try model.backend.zeros(.float32, rows: capacity, cols: width))
+            }
+            keys = k
+            values = v
+            self.capacity = capacity
+        }
+
+        func rows(_ m: MatrixView, _ start: Int, _ count: Int) throws(SheafError) -> MatrixView {
+            try MatrixView(m.buffer, rows: count, cols: m.cols, rowStride: m.rowStride, offset: m.offset + start * m.rowStride)
+        }
+    }
+
+    /// Runs decoder block `index` on the tokens in `a.hidden`, at positions `position ..<
+    /// position + tokens`. Without a cache the sequence attends to itself; with one, its keys
+    /// and values are appended (added into the zeroed rows) and attention reads every cached row.
+    func block(_ index: Int, _ a: Activations, position: Int, cache: KVCache?) throws(SheafError) {
+        let c = config, be = backend, layer = layers[index]
         try be.rmsNorm(a.hidden, weight: layer.inputNorm, eps: Float(c.rmsNormEps), into: a.normed)
         try layer.q.forward(a.normed, into: a.q)
         try layer.k.forward(a.normed, into: a.k)
         try layer.v.forward(a.normed, into: a.v)
-        try be.rope(a.q, headDim: c.headDim, positionOffset: 0, theta: c.ropeTheta)
-        try be.rope(a.k, headDim: c.headDim, positionOffset: 0, theta: c.ropeTheta)
+        try be.rope(a.q, headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
+        try be.rope(a.k, headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
+        var (keys, values) = (a.k, a.v)
+        if let cache {
+            let t = a.k.rows
+            try be.add(a.k, into: try cache.rows(cache.keys[index], position, t))
+            try be.add(a.v, into: try cache.rows(cache.values[index], position, t))
+            keys = try cache.rows(cache.keys[index], 0, position + t)
+            values = try cache.rows(cache.values[index], 0, position + t)
+        }
         try be.causalAttention(
-            q: a.q, k: a.k, v: a.v, into: a.attention, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+            q: a.q, k: keys, v: values, into: a.attention, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
         try layer.o.forward(a.attention, into: a.projected)
         try be.add(a.projected, into: a.hidden)
         try be.rmsNorm(a.hidden, weight: layer.postAttentionNorm, eps: Float(c.rmsNormEps), into: a.normed)
@@ -133,15 +168,51 @@ public final class LlamaModel: @unchecked Sendable {
         try be.add(a.projected, into: a.hidden)
     }
 
-    /// The final-norm hidden states (tokens, hidden) of one sequence.
-    public func hiddenStates(_ tokens: [Int32]) throws(SheafError) -> MatrixView {
+    /// Final-norm hidden states of `tokens` at positions `position...`, through the cache if given.
+    func run(_ tokens: [Int32], position: Int, cache: KVCache?) throws(SheafError) -> MatrixView {
         guard !tokens.isEmpty else { throw .invalidArgument(op: "forward", detail: "empty token sequence") }
         let a = try Activations(backend, tokens: tokens.count, config)
-        let embedded = try embed(tokens)
-        try backend.add(embedded, into: a.hidden)
-        for layer in layers { try block(layer, a) }
+        try backend.add(try embed(tokens), into: a.hidden)
+        for i in layers.indices { try block(i, a, position: position, cache: cache) }
         try backend.rmsNorm(a.hidden, weight: finalNorm, eps: Float(config.rmsNormEps), into: a.normed)
         return a.normed
+    }
+
+    /// Greedy decoding with a KV cache: the prompt is run once, then one token per step, until
+    /// `maxTokens` new tokens or `stop`. Returns the new tokens; `onToken` sees each as it comes.
+    public func generate(
+        prompt: [Int32], maxTokens: Int, stop: Int32? = nil, onToken: (Int32) -> Void = { _ in }
+    ) throws(SheafError) -> [Int32] {
+        guard !prompt.isEmpty, maxTokens >= 0 else {
+            throw .invalidArgument(op: "generate", detail: "needs a non-empty prompt and maxTokens ≥ 0")
+        }
+        let capacity = prompt.count + maxTokens
+        guard capacity <= config.maxPositions else {
+            throw .invalidArgument(op: "generate", detail: "prompt + max tokens = \(capacity) exceeds the context of \(config.maxPositions)")
+        }
+        let cache = try KVCache(self, capacity: capacity)
+        let logits = try backend.zeros(.float32, rows: 1, cols: config.vocabularySize)
+        var produced: [Int32] = [], input = prompt, position = 0
+        while produced.count < maxTokens {
+            let h = try run(input, position: position, cache: cache)
+            position += input.count
+            cache.length = position
+            try head.forward(try cache.rows(h, h.rows - 1, 1), into: logits)
+            let row: [Float] = try backend.download(logits.buffer)
+            var best = 0
+            for i in 1..<row.count where row[i] > row[best] { best = i }
+            let next = Int32(best)
+            produced.append(next)
+            onToken(next)
+            if next == stop { break }
+            input = [next]
+        }
+        return produced
+    }
+
+    /// The final-norm hidden states (tokens, hidden) of one sequence.
+    public func hiddenStates(_ tokens: [Int32]) throws(SheafError) -> MatrixView {
+        try run(tokens, position: 0, cache: nil)
     }
 
     /// Logits (tokens, vocabulary) of one sequence: for tests and generation on short inputs.

@@ -17,6 +17,7 @@ let mainHelp = """
       convert MODEL     GGUF or HuggingFace model -> HuggingFace folder (safetensors, f32/f16/bf16).
       tokenize MODEL    Token count (and ids) of a text file with the model's tokenizer.
       eval MODEL        Perplexity (Protocol S or P of BENCHMARK.md), tokens/s, peak memory.
+      generate MODEL    Greedy text continuation of --prompt, with a KV cache.
       compress          Compress a model (not implemented yet: see README).
       help [command]    Show help for a command.
 

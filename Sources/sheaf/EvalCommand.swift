@@ -77,3 +77,43 @@ enum EvalCommand {
         return 0
     }
 }
+
+let generateHelp = """
+    USAGE: sheaf generate MODEL --prompt TEXT [--max-tokens N] [--backend auto|cpu|opencl]
+
+    Greedy decoding with a KV cache, printing the text as it comes: a quick check that a
+    model (dense or, later, compressed) still speaks. Stops at N new tokens (default 64) or
+    the end-of-sequence token.
+    """
+
+enum GenerateCommand {
+    static func run(_ args: [String]) throws -> Int32 {
+        let a = try Arguments(args, options: ["prompt", "max-tokens", "backend"], flags: ["help"])
+        if a.flag("help") { print(generateHelp); return 0 }
+        guard a.positionals.count == 1 else { throw UsageError(description: "generate takes one MODEL (a folder or a .gguf file)") }
+        guard let prompt = a.value("prompt"), !prompt.isEmpty else { throw UsageError(description: "generate needs --prompt TEXT") }
+        let maxTokens = try a.int("max-tokens") ?? 64
+        guard maxTokens > 0 else { throw UsageError(description: "--max-tokens must be positive") }
+        let files = try ModelFiles.open(a.positionals[0])
+        let tokenizer = try files.tokenizer()
+        let backend = try BackendSelection.make(try Env.backendChoice(a.value("backend")), options: try Env.backendOptions())
+        let model = try LlamaModel(files: files, backend: backend)
+        let promptIDs = tokenizer.encode(prompt)
+        FileHandle.standardOutput.write(Data(prompt.utf8))
+        var produced: [Int32] = []
+        var shown = ""
+        let t0 = monotonicSeconds()
+        _ = try model.generate(prompt: promptIDs, maxTokens: maxTokens, stop: tokenizer.eosID) { token in
+            // Decode the whole continuation each time: a character may span several tokens.
+            produced.append(token)
+            let text = tokenizer.decode(produced, skipSpecial: true)
+            if text.hasPrefix(shown), !text.hasSuffix("\u{FFFD}") {
+                FileHandle.standardOutput.write(Data(text.dropFirst(shown.count).utf8))
+                shown = text
+            }
+        }
+        print("")
+        note("generate: \(produced.count) tokens in \(fixed(monotonicSeconds() - t0, 2)) s on \(backend.kind.rawValue)")
+        return 0
+    }
+}

@@ -15,6 +15,7 @@ do {
         case "convert": print(convertHelp)
         case "tokenize": print(tokenizeHelp)
         case "eval": print(evalHelp)
+        case "generate": print(generateHelp)
         default: print(mainHelp)
         }
         status = 0
@@ -28,6 +29,7 @@ do {
     case "convert": status = try ModelCommands.convert(Array(args.dropFirst()))
     case "tokenize": status = try ModelCommands.tokenize(Array(args.dropFirst()))
     case "eval": status = try EvalCommand.run(Array(args.dropFirst()))
+    case "generate": status = try GenerateCommand.run(Array(args.dropFirst()))
     case let other?:
         throw UsageError(description: "unknown command '\(other)'")
     }

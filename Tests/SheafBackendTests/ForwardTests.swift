@@ -99,3 +99,26 @@ extension BackendSuites {
         }
     }
 }
+
+extension BackendSuites.Forward {
+    /// Decoding token by token through the KV cache gives the same greedy tokens as running
+    /// the whole growing sequence each step.
+    @Test func cachedDecodingMatchesFullRecompute() throws {
+        let dir = try TinyModel.write()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for be: any Backend in [Backends.cpu, try Backends.opencl()] {
+            let model = try LlamaModel(files: try ModelFiles.open(dir), backend: be)
+            let prompt = Array(Self.tokens.prefix(5))
+            let cached = try model.generate(prompt: prompt, maxTokens: 8)
+            var sequence = prompt, recomputed: [Int32] = []
+            for _ in 0..<8 {
+                let logits = try model.logits(sequence)
+                let last = Array(logits.values.suffix(logits.cols))
+                let next = Int32(last.indices.max { last[$0] < last[$1] }!)
+                recomputed.append(next)
+                sequence.append(next)
+            }
+            #expect(cached == recomputed, "\(be.kind)")
+        }
+    }
+}
