@@ -1,0 +1,57 @@
+import Foundation
+import SheafBackend
+import SheafCore
+import SheafEval
+import SheafIO
+import SheafModel
+import Testing
+
+/// The reference model (scripts/fixtures) and WikiText-2 test (../shared/data or SHEAF_DATA);
+/// missing files fail with directions, never skip.
+enum RealFixtures {
+    static var modelPath: String {
+        let cache = ProcessInfo.processInfo.environment["SHEAF_CACHE"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? (NSHomeDirectory() + "/.cache/sheaf")
+        return cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    }
+
+    static var wikiPath: String {
+        let data = ProcessInfo.processInfo.environment["SHEAF_DATA"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../shared/data").path
+        return data + "/wikitext-2-raw/wiki.test.raw"
+    }
+
+    static func require(_ path: String) throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            Issue.record("missing \(path): run scripts/fixtures (and keep ../shared/data beside the clone or set SHEAF_DATA)")
+            throw SheafError.io(path: path, detail: "missing")
+        }
+    }
+}
+
+extension BackendSuites {
+    /// Dense SmolLM2-135M under a reduced Protocol S: the first 2 windows of 1024 tokens of
+    /// WikiText-2 test. HuggingFace transformers 5.23.0 / torch 2.15.0, float32, sdpa, on the
+    /// folder `sheaf convert` writes, gives perplexity 20.100606 (mean NLL 3.000750 over 2046
+    /// predictions): scripts/hf_reference_ppl.py HF_DIR wiki.test.raw 1024 2. The full
+    /// Protocol S figure (21.6685 in BENCHMARK.md) is in BENCHMARKS.md.
+    @Suite struct RealModel {
+        static let transformersPerplexity = 20.100606
+
+        @Test func perplexityMatchesTransformersOnBothBackends() throws {
+            try RealFixtures.require(RealFixtures.modelPath)
+            try RealFixtures.require(RealFixtures.wikiPath)
+            let files = try ModelFiles.open(RealFixtures.modelPath)
+            let text = try String(contentsOfFile: RealFixtures.wikiPath, encoding: .utf8)
+            let windows = try Perplexity.windows(files.tokenizer().encode(text), context: 1024, count: 2)
+            var results: [Double] = []
+            for be: any Backend in [Backends.cpu, try Backends.opencl()] {
+                let r = try Perplexity.evaluate(try LlamaModel(files: files, backend: be), windows: windows)
+                #expect(r.predictions == 2046)
+                #expect(abs(r.perplexity / Self.transformersPerplexity - 1) < 1e-3, "\(be.kind): \(r.perplexity)")
+                results.append(r.perplexity)
+            }
+            #expect(abs(results[0] / results[1] - 1) < 1e-4, "cpu \(results[0]) vs opencl \(results[1])")
+        }
+    }
+}
