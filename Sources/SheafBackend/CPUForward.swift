@@ -122,7 +122,7 @@ extension CPUBackend {
     }
 
     public func crossEntropy(logits: MatrixView, targets: DeviceBuffer, into nll: DeviceBuffer) throws(SheafError) {
-        try Check.owner(self, [logits], op: "crossEntropy")
+        try Check.owner(self, [logits], [targets, nll], op: "crossEntropy")
         try Check.crossEntropy(logits, targets, nll)
         let pt = ints(targets)
         for r in 0..<logits.rows { try Check.target(pt[r], at: r, vocabulary: logits.cols) }

@@ -193,7 +193,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
     }
 
     public func kmeansAssign(distances: MatrixView, labels: DeviceBuffer, minima: DeviceBuffer) throws(SheafError) {
-        try Check.owner(self, [distances], op: "kmeansAssign")
+        try Check.owner(self, [distances], [labels, minima], op: "kmeansAssign")
         try Check.kmeansAssign(distances, labels, minima)
         try runtime.launch(
             "kmeans_argmin", in: "kmeans", tunables, global: [distances.rows], local: nil,
@@ -206,7 +206,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
     public func kmeansAccumulate(points: MatrixView, labels: DeviceBuffer, sums: MatrixView, counts: DeviceBuffer)
         throws(SheafError)
     {
-        try Check.owner(self, [points, sums], op: "kmeansAccumulate")
+        try Check.owner(self, [points, sums], [labels, counts], op: "kmeansAccumulate")
         try Check.kmeansAccumulate(points, labels, sums, counts)
         let k = sums.rows, m = points.rows
         let all: [Int32] = try download(labels)

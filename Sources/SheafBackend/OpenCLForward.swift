@@ -81,7 +81,7 @@ extension OpenCLBackend {
     }
 
     public func crossEntropy(logits: MatrixView, targets: DeviceBuffer, into nll: DeviceBuffer) throws(SheafError) {
-        try Check.owner(self, [logits], op: "crossEntropy")
+        try Check.owner(self, [logits], [targets, nll], op: "crossEntropy")
         try Check.crossEntropy(logits, targets, nll)
         let t: [Int32] = try download(targets)
         for r in 0..<logits.rows { try Check.target(t[r], at: r, vocabulary: logits.cols) }

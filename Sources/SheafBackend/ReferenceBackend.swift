@@ -155,7 +155,7 @@ public final class ReferenceBackend: HostMemoryBackend, @unchecked Sendable {
     }
 
     public func kmeansAssign(distances: MatrixView, labels: DeviceBuffer, minima: DeviceBuffer) throws(SheafError) {
-        try Check.owner(self, [distances], op: "kmeansAssign")
+        try Check.owner(self, [distances], [labels, minima], op: "kmeansAssign")
         try Check.kmeansAssign(distances, labels, minima)
         let d = floats(distances), l = ints(labels)
         let mins = host(minima).assumingMemoryBound(to: Float.self)
@@ -172,7 +172,7 @@ public final class ReferenceBackend: HostMemoryBackend, @unchecked Sendable {
     public func kmeansAccumulate(points: MatrixView, labels: DeviceBuffer, sums: MatrixView, counts: DeviceBuffer)
         throws(SheafError)
     {
-        try Check.owner(self, [points, sums], op: "kmeansAccumulate")
+        try Check.owner(self, [points, sums], [labels, counts], op: "kmeansAccumulate")
         try Check.kmeansAccumulate(points, labels, sums, counts)
         let l = ints(labels), n = ints(counts), s = doubles(sums), p = floats(points)
         for i in 0..<points.rows { try Check.label(l[i], at: i, k: sums.rows) }

@@ -90,7 +90,7 @@ extension ReferenceBackend {
     }
 
     public func crossEntropy(logits: MatrixView, targets: DeviceBuffer, into nll: DeviceBuffer) throws(SheafError) {
-        try Check.owner(self, [logits], op: "crossEntropy")
+        try Check.owner(self, [logits], [targets, nll], op: "crossEntropy")
         try Check.crossEntropy(logits, targets, nll)
         let pl = floats(logits), pt = ints(targets), pn = host(nll).assumingMemoryBound(to: Float.self)
         for r in 0..<logits.rows {

@@ -3,9 +3,15 @@ import SheafCore
 /// Shape and type checks shared by every backend, so all three reject the same inputs with
 /// the same message.
 enum Check {
-    static func owner(_ backend: AnyObject, _ views: [MatrixView], op: String) throws(SheafError) {
+    /// Every operand must come from `backend`: its ops cast the storage to their own kind.
+    static func owner(_ backend: AnyObject, _ views: [MatrixView], _ buffers: [DeviceBuffer] = [], op: String)
+        throws(SheafError)
+    {
         for v in views where v.buffer.owner != ObjectIdentifier(backend) {
             throw .invalidArgument(op: op, detail: "operand \(v.shape) belongs to another backend")
+        }
+        for b in buffers where b.owner != ObjectIdentifier(backend) {
+            throw .invalidArgument(op: op, detail: "a buffer of \(b.count) \(b.scalar) belongs to another backend")
         }
     }
 

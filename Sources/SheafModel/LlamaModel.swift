@@ -35,59 +35,29 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Loads every weight from `files` onto `backend`, checking each for NaN/Inf by name.
     public init(files: ModelFiles, backend: any Backend, progress: (String) -> Void = { _ in }) throws(SheafError) {
-        let c = files.config
-        config = c
+        let loader = WeightLoader(files: files, backend: backend)
+        config = files.config
         self.backend = backend
-        func values(_ name: String, _ shape: [Int]) throws(SheafError) -> [Float] {
-            let info = try files.info(name)
-            guard info.shape == shape else {
-                throw .shapeMismatch(op: "load \(files.path)", detail: "tensor '\(name)' has shape \(info.shape), expected \(shape)")
-            }
-            let v = try files.float32(name)
-            if let bad = v.firstIndex(where: { !$0.isFinite }) {
-                throw .nonFinite(op: "load \(files.path)", what: "tensor '\(name)' at element \(bad) (\(v[bad]))")
-            }
-            return v
-        }
-        func vector(_ name: String, _ n: Int) throws(SheafError) -> MatrixView {
-            try MatrixView(backend.upload(try values(name, [n]), label: name), rows: 1, cols: n)
-        }
-        func linear(_ name: String, _ outSize: Int, _ inSize: Int, bias: Bool = false) throws(SheafError) -> DenseLinear {
-            let b: [Float]? = bias ? try values(name + ".bias", [outSize]) : nil
-            return try DenseLinear(
-                weight: try values(name + ".weight", [outSize, inSize]), outputSize: outSize, inputSize: inSize, bias: b,
-                on: backend, name: name)
-        }
-        let (d, hd) = (c.hiddenSize, c.headDim)
-        embedding = try values("model.embed_tokens.weight", [c.vocabularySize, d])
+        embedding = try loader.embedding()
         var layers: [DecoderLayer] = []
-        for i in 0..<c.layerCount {
-            let p = "model.layers.\(i)."
-            layers.append(DecoderLayer(
-                q: try linear(p + "self_attn.q_proj", c.headCount * hd, d, bias: c.attentionBias),
-                k: try linear(p + "self_attn.k_proj", c.kvHeadCount * hd, d, bias: c.attentionBias),
-                v: try linear(p + "self_attn.v_proj", c.kvHeadCount * hd, d, bias: c.attentionBias),
-                o: try linear(p + "self_attn.o_proj", d, c.headCount * hd),
-                gate: try linear(p + "mlp.gate_proj", c.intermediateSize, d),
-                up: try linear(p + "mlp.up_proj", c.intermediateSize, d),
-                down: try linear(p + "mlp.down_proj", d, c.intermediateSize),
-                inputNorm: try vector(p + "input_layernorm.weight", d),
-                postAttentionNorm: try vector(p + "post_attention_layernorm.weight", d)))
-            progress("loaded layer \(i + 1)/\(c.layerCount)")
+        for i in 0..<config.layerCount {
+            layers.append(try loader.layer(i))
+            progress("loaded layer \(i + 1)/\(config.layerCount)")
         }
         self.layers = layers
-        finalNorm = try vector("model.norm.weight", d)
-        head = c.tiedEmbeddings
-            ? try DenseLinear(weight: embedding, outputSize: c.vocabularySize, inputSize: d, on: backend, name: "tied head")
-            : try linear("lm_head", c.vocabularySize, d)
+        finalNorm = try loader.vector("model.norm.weight", config.hiddenSize)
+        head = config.tiedEmbeddings
+            ? try DenseLinear(weight: embedding, outputSize: config.vocabularySize, inputSize: config.hiddenSize, on: backend, name: "tied head")
+            : try loader.linear("lm_head", config.vocabularySize, config.hiddenSize)
     }
 
     /// Scratch activations for one sequence of `tokens`.
     struct Activations {
         let hidden, normed, q, k, v, attention, projected, gate, up: MatrixView
 
-        init(_ be: any Backend, tokens t: Int, _ c: ModelConfig) throws(SheafError) {
-            hidden = try be.zeros(.float32, rows: t, cols: c.hiddenSize)
+        /// `hidden`: the residual stream to run on (kept by the caller), else a new zero one.
+        init(_ be: any Backend, tokens t: Int, _ c: ModelConfig, hidden: MatrixView? = nil) throws(SheafError) {
+            if let hidden { self.hidden = hidden } else { self.hidden = try be.zeros(.float32, rows: t, cols: c.hiddenSize) }
             normed = try be.zeros(.float32, rows: t, cols: c.hiddenSize)
             q = try be.zeros(.float32, rows: t, cols: c.headCount * c.headDim)
             k = try be.zeros(.float32, rows: t, cols: c.kvHeadCount * c.headDim)
@@ -141,8 +111,17 @@ public final class LlamaModel: @unchecked Sendable {
     /// position + tokens`. Without a cache the sequence attends to itself; with one, its keys
     /// and values are appended (added into the zeroed rows) and attention reads every cached row.
     func block(_ index: Int, _ a: Activations, position: Int, cache: KVCache?) throws(SheafError) {
-        let c = config, be = backend, layer = layers[index]
+        try Self.block(layers[index], a, config: config, backend: backend, position: position, cache: cache, cacheIndex: index)
+    }
+
+    /// One decoder block; with `grams`, the Gram of each distinct linear input is accumulated
+    /// as it is computed (the calibration hooks).
+    static func block(
+        _ layer: DecoderLayer, _ a: Activations, config c: ModelConfig, backend be: any Backend, position: Int,
+        cache: KVCache? = nil, cacheIndex index: Int = 0, grams: LayerGrams? = nil
+    ) throws(SheafError) {
         try be.rmsNorm(a.hidden, weight: layer.inputNorm, eps: Float(c.rmsNormEps), into: a.normed)
+        try grams?.accumulate(.attention, a.normed)
         try layer.q.forward(a.normed, into: a.q)
         try layer.k.forward(a.normed, into: a.k)
         try layer.v.forward(a.normed, into: a.v)
@@ -158,12 +137,15 @@ public final class LlamaModel: @unchecked Sendable {
         }
         try be.causalAttention(
             q: a.q, k: keys, v: values, into: a.attention, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+        try grams?.accumulate(.attentionOutput, a.attention)
         try layer.o.forward(a.attention, into: a.projected)
         try be.add(a.projected, into: a.hidden)
         try be.rmsNorm(a.hidden, weight: layer.postAttentionNorm, eps: Float(c.rmsNormEps), into: a.normed)
+        try grams?.accumulate(.mlp, a.normed)
         try layer.gate.forward(a.normed, into: a.gate)
         try layer.up.forward(a.normed, into: a.up)
         try be.siluMultiply(gate: a.gate, up: a.up, into: a.gate)
+        try grams?.accumulate(.mlpDown, a.gate)
         try layer.down.forward(a.gate, into: a.projected)
         try be.add(a.projected, into: a.hidden)
     }

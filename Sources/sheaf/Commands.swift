@@ -18,6 +18,7 @@ let mainHelp = """
       tokenize MODEL    Token count (and ids) of a text file with the model's tokenizer.
       eval MODEL        Perplexity (Protocol S or P of BENCHMARK.md), tokens/s, peak memory.
       generate MODEL    Greedy text continuation of --prompt, with a KV cache.
+      calibrate MODEL   Per-layer Float64 Grams of the linear inputs on calibration text, layer by layer.
       compress          Compress a model (not implemented yet: see README).
       help [command]    Show help for a command.
 

@@ -117,3 +117,84 @@ enum GenerateCommand {
         return 0
     }
 }
+
+let calibrateHelp = """
+    USAGE: sheaf calibrate MODEL [--calib FILE...] [--protocol S|P] [--calib-windows N --calib-len L]
+                                 [--backend auto|cpu|opencl] [--json]
+
+    Runs the calibration windows through MODEL one decoder layer at a time (only that layer's
+    weights in memory, the hidden states of every window kept) and accumulates, per layer,
+    the Float64 Gram XᵀX of each distinct linear input (q/k/v, o, gate/up, down): what the
+    compression methods consume. Reports tokens/s, time and peak memory, and each Gram's
+    trace. Protocol S (default): 128 windows of 512 tokens of the Austen novels
+    ($SHEAF_DATA/austen/*.txt, else ../shared/data/austen), joined with blank lines.
+    """
+
+enum CalibrateCommand {
+    static func defaultCalibrationFiles() throws -> [String] {
+        for base in [Env.get("SHEAF_DATA"), "../shared/data"].compactMap({ $0 }) {
+            let dir = base + "/austen"
+            if let names = try? FileManager.default.contentsOfDirectory(atPath: dir) {
+                let files = names.filter { $0.hasSuffix(".txt") }.map { dir + "/" + $0 }
+                if !files.isEmpty { return files }
+            }
+        }
+        throw UsageError(description: "no calibration text: pass --calib FILE or set SHEAF_DATA to the folder holding austen/")
+    }
+
+    static func run(_ args: [String]) throws -> Int32 {
+        // --calib may repeat: collect its values before the generic parser sees the rest.
+        var rest: [String] = [], calib: [String] = []
+        var it = args.makeIterator()
+        while let arg = it.next() {
+            if arg == "--calib" {
+                guard let v = it.next() else { throw UsageError(description: "--calib needs a file") }
+                calib.append(v)
+            } else {
+                rest.append(arg)
+            }
+        }
+        let a = try Arguments(rest, options: ["protocol", "calib-windows", "calib-len", "backend"], flags: ["json", "help"])
+        if a.flag("help") { print(calibrateHelp); return 0 }
+        guard a.positionals.count == 1 else { throw UsageError(description: "calibrate takes one MODEL (a folder or a .gguf file)") }
+        guard let proto = EvalProtocol(rawValue: a.value("protocol") ?? "S") else { throw UsageError(description: "--protocol must be S or P") }
+        let (defaultCount, defaultLength) = CalibrationWindows.size(for: proto)
+        let count = try a.int("calib-windows") ?? defaultCount, length = try a.int("calib-len") ?? defaultLength
+        let files = try ModelFiles.open(a.positionals[0])
+        guard length <= files.config.maxPositions else {
+            throw UsageError(description: "--calib-len \(length) exceeds the model's context of \(files.config.maxPositions)")
+        }
+        let text = try CalibrationWindows.joinedText(files: calib.isEmpty ? try defaultCalibrationFiles() : calib)
+        let windows = try CalibrationWindows.windows(try files.tokenizer().encode(text), count: count, length: length)
+        let backend = try BackendSelection.make(try Env.backendChoice(a.value("backend")), options: try Env.backendOptions())
+        note("calibrate: \(count) windows of \(length) tokens on \(backend.kind.rawValue) (\(backend.deviceName))")
+        let t0 = monotonicSeconds()
+        struct LayerTrace: Encodable { var layer: Int; var traces: [String: Double] }
+        var traces: [LayerTrace] = []
+        _ = try Calibration.collectGrams(files: files, backend: backend, windows: windows, progress: { done, total in
+            let s = monotonicSeconds() - t0
+            note("calibrate: layer \(done)/\(total) done, \(fixed(s)) s, ETA \(fixed(s / Double(done) * Double(total - done))) s")
+        }, onLayer: { (i, grams) throws(SheafError) in
+            var t: [String: Double] = [:]
+            for (input, g) in try grams.download() { t[input.rawValue] = (0..<g.rows).reduce(0) { $0 + g[$1, $1] } }
+            traces.append(LayerTrace(layer: i, traces: t))
+        })
+        let seconds = monotonicSeconds() - t0
+        struct Out: Encodable {
+            var windows: Int; var length: Int; var seconds: Double; var tokensPerSecond: Double; var peakResidentBytes: Int?
+            var layers: [LayerTrace]
+        }
+        let out = Out(windows: count, length: length, seconds: seconds, tokensPerSecond: Double(count * length) / seconds,
+                      peakResidentBytes: peakResidentBytes(), layers: traces)
+        if a.flag("json") {
+            try printJSON(out)
+            return 0
+        }
+        print("calibrated \(count) × \(length) tokens in \(fixed(seconds)) s (\(fixed(out.tokensPerSecond)) tokens/s), peak memory "
+            + (out.peakResidentBytes.map { "\(fixed(Double($0) / 1e9, 2)) GB" } ?? "unknown"))
+        for t in traces where t.layer % 10 == 0 || t.layer == traces.count - 1 {
+            print("  layer \(t.layer): trace " + LayerGrams.Input.allCases.map { "\($0.rawValue) \(sci(t.traces[$0.rawValue] ?? 0))" }.joined(separator: ", "))
+        }
+        return 0
+    }
+}

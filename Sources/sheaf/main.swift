@@ -16,6 +16,7 @@ do {
         case "tokenize": print(tokenizeHelp)
         case "eval": print(evalHelp)
         case "generate": print(generateHelp)
+        case "calibrate": print(calibrateHelp)
         default: print(mainHelp)
         }
         status = 0
@@ -30,6 +31,7 @@ do {
     case "tokenize": status = try ModelCommands.tokenize(Array(args.dropFirst()))
     case "eval": status = try EvalCommand.run(Array(args.dropFirst()))
     case "generate": status = try GenerateCommand.run(Array(args.dropFirst()))
+    case "calibrate": status = try CalibrateCommand.run(Array(args.dropFirst()))
     case let other?:
         throw UsageError(description: "unknown command '\(other)'")
     }

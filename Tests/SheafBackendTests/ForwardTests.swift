@@ -122,3 +122,52 @@ extension BackendSuites.Forward {
         }
     }
 }
+
+extension BackendSuites {
+    /// The calibration hooks: per layer, one Float64 Gram per distinct linear input.
+    @Suite struct CalibrationHooks {
+        static let windows: [[Int32]] = [[5, 17, 99, 0, 42, 42, 7, 100, 63], [1, 2, 3, 88, 21, 34, 55, 89, 13], [8, 5, 3, 2, 1, 1, 0, 9, 4]]
+
+        @Test func gramsEqualXtXOfTheCapturedInputsAndAgreeAcrossBackends() throws {
+            let dir = try TinyModel.write()
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let files = try ModelFiles.open(dir)
+            var captured: [[LayerGrams.Input: [Matrix<Float>]]] = []
+            let want = try Calibration.collectGrams(
+                files: files, backend: Backends.reference, windows: Self.windows, capture: true,
+                onLayer: { _, grams in captured.append(grams.captured ?? [:]) })
+            #expect(want.count == 2)
+            for (layer, grams) in want.enumerated() {
+                #expect(Set(grams.keys) == Set(LayerGrams.Input.allCases))
+                for (input, g) in grams {
+                    let xs = captured[layer][input] ?? []
+                    #expect(xs.count == 3 && xs.allSatisfy { $0.rows == 9 && $0.cols == g.rows })
+                    var xtx = Matrix<Double>.zeros(rows: g.rows, cols: g.cols)
+                    for x in xs {
+                        for r in 0..<x.rows {
+                            for i in 0..<x.cols { for j in 0..<x.cols { xtx[i, j] += Double(x[r, i]) * Double(x[r, j]) } }
+                        }
+                    }
+                    let (error, failure) = Parity.compare(g.values, xtx.values)
+                    #expect(failure.isEmpty && error < 1e-24, "layer \(layer) \(input): \(error)")
+                }
+            }
+            for be: any Backend in [Backends.cpu, try Backends.opencl()] {
+                let got = try Calibration.collectGrams(files: files, backend: be, windows: Self.windows)
+                for layer in 0..<2 {
+                    for input in LayerGrams.Input.allCases {
+                        let (error, failure) = Parity.compare(got[layer][input]!.values, want[layer][input]!.values)
+                        #expect(failure.isEmpty && error < 1e-9, "\(be.kind) layer \(layer) \(input): \(error)")
+                    }
+                }
+            }
+        }
+
+        @Test func calibrationWindowsFollowTheProtocol() throws {
+            let tokens = (0..<1000).map(Int32.init)
+            let w = try CalibrationWindows.windows(tokens, count: 4, length: 100)
+            #expect(w.map(\.first!) == [0, 225, 450, 675] && w.allSatisfy { $0.count == 100 })
+            #expect(throws: SheafError.self) { try CalibrationWindows.windows(Array(tokens.prefix(50)), count: 4, length: 100) }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import SheafBackend
+import SheafCore
+import SheafIO
+
+/// Float64 Gram accumulators XᵀX of one decoder layer's distinct linear inputs, on the backend.
+/// One Gram per distinct input, not per matrix: q, k and v read the same input, as do gate and up.
+public final class LayerGrams: @unchecked Sendable {
+    public enum Input: String, CaseIterable, Sendable, Codable {
+        /// Input of q, k, v: the attention RMSNorm output, (hidden, hidden).
+        case attention
+        /// Input of o: the attention output, (heads·headDim, heads·headDim).
+        case attentionOutput
+        /// Input of gate and up: the MLP RMSNorm output, (hidden, hidden).
+        case mlp
+        /// Input of down: silu(gate)·up, (intermediate, intermediate).
+        case mlpDown
+
+        public func width(_ c: ModelConfig) -> Int {
+            switch self {
+            case .attention, .mlp: c.hiddenSize
+            case .attentionOutput: c.headCount * c.headDim
+            case .mlpDown: c.intermediateSize
+            }
+        }
+    }
+
+    let backend: any Backend
+    var grams: [Input: MatrixView] = [:]
+    /// Rows accumulated into each Gram.
+    public private(set) var rows: [Input: Int] = [:]
+    /// When set, every input is also kept on the host (tests recompute XᵀX from it).
+    public var captured: [Input: [Matrix<Float>]]?
+
+    public init(config: ModelConfig, backend: any Backend, capture: Bool = false) throws(SheafError) {
+        self.backend = backend
+        for input in Input.allCases {
+            let n = input.width(config)
+            grams[input] = try backend.zeros(.float64, rows: n, cols: n)
+        }
+        captured = capture ? [:] : nil
+    }
+
+    func accumulate(_ input: Input, _ x: MatrixView) throws(SheafError) {
+        guard let g = grams[input] else { return }
+        try backend.accumulateGram(x, into: g)
+        rows[input, default: 0] += x.rows
+        if captured != nil { captured![input, default: []].append(try backend.download(x)) }
+    }
+
+    /// The Grams on the host, (n, n) Float64 each.
+    public func download() throws(SheafError) -> [Input: Matrix<Double>] {
+        var out: [Input: Matrix<Double>] = [:]
+        for (input, g) in grams { out[input] = try backend.download(g) }
+        return out
+    }
+}
+
+/// Calibration: runs the calibration windows through the model one decoder layer at a time,
+/// keeping the hidden states of every window on the backend and only the current layer's
+/// weights, and accumulates each layer's input Grams on the way.
+public enum Calibration {
+    /// Per layer, the Grams of its distinct linear inputs, summed over all windows.
+    /// `onLayer` receives each layer's Grams as soon as they are complete (a compression method
+    /// can factor that layer and drop them); the returned array holds them all.
+    public static func collectGrams(
+        files: ModelFiles, backend: any Backend, windows: [[Int32]], capture: Bool = false,
+        progress: (Int, Int) -> Void = { _, _ in }, onLayer: (Int, LayerGrams) throws(SheafError) -> Void = { _, _ in }
+    ) throws(SheafError) -> [[LayerGrams.Input: Matrix<Double>]] {
+        guard let length = windows.first?.count, length > 0, windows.allSatisfy({ $0.count == length }) else {
+            throw .invalidArgument(op: "calibration", detail: "needs at least one window, all of the same non-zero length")
+        }
+        let c = files.config, loader = WeightLoader(files: files, backend: backend)
+        let embedding = try loader.embedding()
+        var hidden: [MatrixView] = []
+        for w in windows {
+            var rows = [Float](repeating: 0, count: length * c.hiddenSize)
+            for (i, t) in w.enumerated() {
+                guard t >= 0, Int(t) < c.vocabularySize else {
+                    throw .invalidArgument(op: "calibration", detail: "token id \(t) outside the vocabulary of \(c.vocabularySize)")
+                }
+                for j in 0..<c.hiddenSize { rows[i * c.hiddenSize + j] = embedding[Int(t) * c.hiddenSize + j] }
+            }
+            hidden.append(try MatrixView(backend.upload(rows, label: "calibration embeddings"), rows: length, cols: c.hiddenSize))
+        }
+        var result: [[LayerGrams.Input: Matrix<Double>]] = []
+        for i in 0..<c.layerCount {
+            let layer = try loader.layer(i)  // released when the next layer replaces it
+            let grams = try LayerGrams(config: c, backend: backend, capture: capture)
+            for h in hidden {
+                let a = try LlamaModel.Activations(backend, tokens: length, c, hidden: h)
+                try LlamaModel.block(layer, a, config: c, backend: backend, position: 0, grams: grams)
+            }
+            try onLayer(i, grams)
+            result.append(try grams.download())
+            progress(i + 1, c.layerCount)
+        }
+        return result
+    }
+}
