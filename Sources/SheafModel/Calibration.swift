@@ -61,9 +61,10 @@ public final class LayerGrams: @unchecked Sendable {
 public enum Calibration {
     /// Per layer, the Grams of its distinct linear inputs, summed over all windows.
     /// `onLayer` receives each layer's Grams as soon as they are complete (a compression method
-    /// can factor that layer and drop them); the returned array holds them all.
+    /// can factor that layer and drop them); the returned array holds them all when `keep`
+    /// (≈ 800 MB for SmolLM2-135M), else is empty.
     public static func collectGrams(
-        files: ModelFiles, backend: any Backend, windows: [[Int32]], capture: Bool = false,
+        files: ModelFiles, backend: any Backend, windows: [[Int32]], capture: Bool = false, keep: Bool = true,
         progress: (Int, Int) -> Void = { _, _ in }, onLayer: (Int, LayerGrams) throws(SheafError) -> Void = { _, _ in }
     ) throws(SheafError) -> [[LayerGrams.Input: Matrix<Double>]] {
         guard let length = windows.first?.count, length > 0, windows.allSatisfy({ $0.count == length }) else {
@@ -91,7 +92,7 @@ public enum Calibration {
                 try LlamaModel.block(layer, a, config: c, backend: backend, position: 0, grams: grams)
             }
             try onLayer(i, grams)
-            result.append(try grams.download())
+            if keep { result.append(try grams.download()) }
             progress(i + 1, c.layerCount)
         }
         return result

@@ -171,7 +171,7 @@ enum CalibrateCommand {
         let t0 = monotonicSeconds()
         struct LayerTrace: Encodable { var layer: Int; var traces: [String: Double] }
         var traces: [LayerTrace] = []
-        _ = try Calibration.collectGrams(files: files, backend: backend, windows: windows, progress: { done, total in
+        _ = try Calibration.collectGrams(files: files, backend: backend, windows: windows, keep: false, progress: { done, total in
             let s = monotonicSeconds() - t0
             note("calibrate: layer \(done)/\(total) done, \(fixed(s)) s, ETA \(fixed(s / Double(done) * Double(total - done))) s")
         }, onLayer: { (i, grams) throws(SheafError) in
