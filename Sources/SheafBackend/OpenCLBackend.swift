@@ -94,8 +94,8 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         let out = try zeros(.float32, rows: v.cols, cols: v.rows)
         try runtime.launch(
             "transpose_f32", in: "gemm", tunables, global: [v.cols, v.rows], local: nil,
-            [.int(v.rows), .int(v.cols), .mem(mem(v.buffer)), .int(v.offset), .int(v.rowStride),
-             .mem(mem(out.buffer)), .int(0), .int(out.rowStride)])
+            [.int(v.rows), .int(v.cols), .buffer(v.buffer), .int(v.offset), .int(v.rowStride),
+             .buffer(out.buffer), .int(0), .int(out.rowStride)])
         return out
     }
 
@@ -118,9 +118,9 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         try runtime.launch(
             "gemm_f32", in: "gemm", tunables, global: tiledGlobal(rows: m, cols: n), local: tileGroup,
             [.int(m), .int(n), .int(k),
-             .mem(mem(a.buffer)), .int(a.offset), .int(sAm), .int(sAk),
-             .mem(mem(right.buffer)), .int(right.offset), .int(sBk), .int(sBn),
-             .mem(mem(c.buffer)), .int(c.offset), .int(c.rowStride), .float(alpha), .float(beta)])
+             .buffer(a.buffer), .int(a.offset), .int(sAm), .int(sAk),
+             .buffer(right.buffer), .int(right.offset), .int(sBk), .int(sBn),
+             .buffer(c.buffer), .int(c.offset), .int(c.rowStride), .float(alpha), .float(beta)])
     }
 
     public func accumulateGram(_ x: MatrixView, into gram: MatrixView) throws(SheafError) {
@@ -128,8 +128,8 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         try Check.gram(x, gram)
         try runtime.launch(
             "gram_accumulate", in: "gram", tunables, global: tiledGlobal(rows: x.cols, cols: x.cols), local: tileGroup,
-            [.int(x.rows), .int(x.cols), .mem(mem(x.buffer)), .int(x.offset), .int(x.rowStride),
-             .mem(mem(gram.buffer)), .int(gram.offset), .int(gram.rowStride)])
+            [.int(x.rows), .int(x.cols), .buffer(x.buffer), .int(x.offset), .int(x.rowStride),
+             .buffer(gram.buffer), .int(gram.offset), .int(gram.rowStride)])
     }
 
     public func cholesky(_ a: Matrix<Double>, epsilon: Double) throws(SheafError) -> CholeskyFactor {
@@ -144,9 +144,9 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         let wt = Self.whitenTile
         try runtime.launch(
             "lower_multiply", in: "whiten", tunables, global: [w.cols, w.rows], local: [wt, wt],
-            [.int(w.rows), .int(w.cols), .mem(mem(w.buffer)), .int(w.offset), .int(w.rowStride),
-             .mem(mem(lower.buffer)), .int(lower.offset), .int(lower.rowStride),
-             .mem(mem(out.buffer)), .int(out.offset), .int(out.rowStride)])
+            [.int(w.rows), .int(w.cols), .buffer(w.buffer), .int(w.offset), .int(w.rowStride),
+             .buffer(lower.buffer), .int(lower.offset), .int(lower.rowStride),
+             .buffer(out.buffer), .int(out.offset), .int(out.rowStride)])
     }
 
     public func solveLowerRight(_ y: MatrixView, _ lower: MatrixView) throws(SheafError) {
@@ -159,8 +159,8 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         }
         try runtime.launch(
             "lower_solve_right", in: "whiten", tunables, global: [y.rows], local: nil,
-            [.int(y.rows), .int(y.cols), .mem(mem(y.buffer)), .int(y.offset), .int(y.rowStride),
-             .mem(mem(lower.buffer)), .int(lower.offset), .int(lower.rowStride)])
+            [.int(y.rows), .int(y.cols), .buffer(y.buffer), .int(y.offset), .int(y.rowStride),
+             .buffer(lower.buffer), .int(lower.offset), .int(lower.rowStride)])
     }
 
     // MARK: K-means
@@ -175,7 +175,7 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         for (v, out) in [(points, pNorms), (centroids, cNorms)] {
             try runtime.launch(
                 "row_sq_norms", in: "kmeans", tunables, global: [v.rows], local: nil,
-                [.int(v.rows), .int(v.cols), .mem(mem(v.buffer)), .int(v.offset), .int(v.rowStride), .mem(mem(out))])
+                [.int(v.rows), .int(v.cols), .buffer(v.buffer), .int(v.offset), .int(v.rowStride), .buffer(out)])
         }
         // B(j, c) = C(c, j); CPU drivers read a transposed copy so B is row-contiguous.
         var right = centroids
@@ -186,10 +186,10 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         }
         try runtime.launch(
             "kmeans_distances", in: "kmeans", tunables, global: tiledGlobal(rows: m, cols: k), local: tileGroup,
-            [.int(m), .int(k), .int(d), .mem(mem(points.buffer)), .int(points.offset), .int(points.rowStride),
-             .mem(mem(right.buffer)), .int(right.offset), .int(sBk), .int(sBn),
-             .mem(mem(pNorms)), .mem(mem(cNorms)),
-             .mem(mem(distances.buffer)), .int(distances.offset), .int(distances.rowStride)])
+            [.int(m), .int(k), .int(d), .buffer(points.buffer), .int(points.offset), .int(points.rowStride),
+             .buffer(right.buffer), .int(right.offset), .int(sBk), .int(sBn),
+             .buffer(pNorms), .buffer(cNorms),
+             .buffer(distances.buffer), .int(distances.offset), .int(distances.rowStride)])
     }
 
     public func kmeansAssign(distances: MatrixView, labels: DeviceBuffer, minima: DeviceBuffer) throws(SheafError) {
@@ -197,8 +197,8 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         try Check.kmeansAssign(distances, labels, minima)
         try runtime.launch(
             "kmeans_argmin", in: "kmeans", tunables, global: [distances.rows], local: nil,
-            [.int(distances.rows), .int(distances.cols), .mem(mem(distances.buffer)), .int(distances.offset),
-             .int(distances.rowStride), .mem(mem(labels)), .mem(mem(minima))])
+            [.int(distances.rows), .int(distances.cols), .buffer(distances.buffer), .int(distances.offset),
+             .int(distances.rowStride), .buffer(labels), .buffer(minima)])
     }
 
     /// The host buckets point indices by label (a counting sort over m labels); the kernel then
@@ -226,15 +226,14 @@ public final class OpenCLBackend: Backend, @unchecked Sendable {
         let orderBuffer = try upload(order), startsBuffer = try upload(starts)
         try runtime.launch(
             "kmeans_sums", in: "kmeans", tunables, global: [points.cols, k], local: nil,
-            [.int(points.cols), .int(k), .mem(mem(points.buffer)), .int(points.offset), .int(points.rowStride),
-             .mem(mem(orderBuffer)), .mem(mem(startsBuffer)),
-             .mem(mem(sums.buffer)), .int(sums.offset), .int(sums.rowStride)])
+            [.int(points.cols), .int(k), .buffer(points.buffer), .int(points.offset), .int(points.rowStride),
+             .buffer(orderBuffer), .buffer(startsBuffer),
+             .buffer(sums.buffer), .int(sums.offset), .int(sums.rowStride)])
         let countValues = (0..<k).map { starts[$0 + 1] - starts[$0] } + [Int32](repeating: 0, count: counts.count - k)
         try withBytes(of: countValues) { (raw) throws(SheafError) in
             try clCheck(
                 clEnqueueWriteBuffer(runtime.queue, mem(counts), cl_bool(CL_TRUE), 0, raw.count, raw.baseAddress, 0, nil, nil),
                 "clEnqueueWriteBuffer", "counts")
         }
-        try synchronize()  // order and starts must outlive the kernel
     }
 }

@@ -16,19 +16,19 @@ extension OpenCLBackend {
         try Check.rmsNorm(x, weight, out, eps: eps)
         try runtime.launch(
             "rms_norm", in: "forward", tunables, global: [Self.rowWorkItems, x.rows], local: rowGroup,
-            [.int(x.cols), .mem(mem(x.buffer)), .int(x.offset), .int(x.rowStride), .mem(mem(weight.buffer)),
-             .int(weight.offset), .float(eps), .mem(mem(out.buffer)), .int(out.offset), .int(out.rowStride)])
+            [.int(x.cols), .buffer(x.buffer), .int(x.offset), .int(x.rowStride), .buffer(weight.buffer),
+             .int(weight.offset), .float(eps), .buffer(out.buffer), .int(out.offset), .int(out.rowStride)])
     }
 
     public func rope(_ x: MatrixView, headDim: Int, positionOffset: Int, theta: Double) throws(SheafError) {
         try Check.owner(self, [x], op: "rope")
         try Check.rope(x, headDim: headDim, positionOffset: positionOffset, theta: theta)
         let inverse = try upload((0..<(headDim / 2)).map { pow(theta, -2 * Double($0) / Double(headDim)) })
+        // No wait: OpenCL keeps a released buffer until the commands using it have finished.
         try runtime.launch(
             "rope", in: "forward", tunables, global: [headDim / 2, x.cols / headDim, x.rows], local: nil,
-            [.int(x.cols / headDim), .int(headDim), .mem(mem(x.buffer)), .int(x.offset), .int(x.rowStride),
-             .int(positionOffset), .mem(mem(inverse))])
-        try synchronize()  // the frequency buffer must outlive the kernel
+            [.int(x.cols / headDim), .int(headDim), .buffer(x.buffer), .int(x.offset), .int(x.rowStride),
+             .int(positionOffset), .buffer(inverse)])
     }
 
     public func causalAttention(
@@ -53,7 +53,7 @@ extension OpenCLBackend {
                 try gemm(qBlock, transposeA: false, kVisible, transposeB: true, into: sBlock, alpha: scale, beta: 0)
                 try runtime.launch(
                     "causal_softmax", in: "forward", tunables, global: [Self.rowWorkItems, rows], local: rowGroup,
-                    [.int(keys), .int(t0 + shift), .mem(mem(scores)), .int(0), .int(keys)])
+                    [.int(keys), .int(t0 + shift), .buffer(scores), .int(0), .int(keys)])
                 let oBlock = try MatrixView(
                     out.buffer, rows: rows, cols: headDim, rowStride: out.rowStride, offset: out.offset + t0 * out.rowStride + h * headDim)
                 try gemm(sBlock, transposeA: false, vVisible, transposeB: false, into: oBlock, alpha: 1, beta: 0)
@@ -66,9 +66,9 @@ extension OpenCLBackend {
         try Check.sameShape([gate, up, out], op: "siluMultiply")
         try runtime.launch(
             "silu_mul", in: "forward", tunables, global: [gate.cols, gate.rows], local: nil,
-            [.int(gate.rows), .int(gate.cols), .mem(mem(gate.buffer)), .int(gate.offset), .int(gate.rowStride),
-             .mem(mem(up.buffer)), .int(up.offset), .int(up.rowStride),
-             .mem(mem(out.buffer)), .int(out.offset), .int(out.rowStride)])
+            [.int(gate.rows), .int(gate.cols), .buffer(gate.buffer), .int(gate.offset), .int(gate.rowStride),
+             .buffer(up.buffer), .int(up.offset), .int(up.rowStride),
+             .buffer(out.buffer), .int(out.offset), .int(out.rowStride)])
     }
 
     public func add(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
@@ -76,8 +76,8 @@ extension OpenCLBackend {
         try Check.sameShape([x, y], op: "add")
         try runtime.launch(
             "add_inplace", in: "forward", tunables, global: [x.cols, x.rows], local: nil,
-            [.int(x.rows), .int(x.cols), .mem(mem(x.buffer)), .int(x.offset), .int(x.rowStride),
-             .mem(mem(y.buffer)), .int(y.offset), .int(y.rowStride)])
+            [.int(x.rows), .int(x.cols), .buffer(x.buffer), .int(x.offset), .int(x.rowStride),
+             .buffer(y.buffer), .int(y.offset), .int(y.rowStride)])
     }
 
     public func crossEntropy(logits: MatrixView, targets: DeviceBuffer, into nll: DeviceBuffer) throws(SheafError) {
@@ -87,7 +87,7 @@ extension OpenCLBackend {
         for r in 0..<logits.rows { try Check.target(t[r], at: r, vocabulary: logits.cols) }
         try runtime.launch(
             "cross_entropy", in: "forward", tunables, global: [Self.rowWorkItems, logits.rows], local: rowGroup,
-            [.int(logits.cols), .mem(mem(logits.buffer)), .int(logits.offset), .int(logits.rowStride),
-             .mem(mem(targets)), .mem(mem(nll))])
+            [.int(logits.cols), .buffer(logits.buffer), .int(logits.offset), .int(logits.rowStride),
+             .buffer(targets), .buffer(nll)])
     }
 }

@@ -265,9 +265,11 @@ final class OpenCLRuntime: @unchecked Sendable {
         return decodeCString(bytes)
     }
 
-    /// An argument of a kernel launch.
+    /// An argument of a kernel launch. Buffers are held by the argument list, so a temporary
+    /// buffer stays alive until its `clSetKernelArg`; after that, OpenCL itself keeps a
+    /// released buffer until the queued commands using it have finished.
     enum Arg {
-        case mem(cl_mem)
+        case buffer(DeviceBuffer)
         case int(Int)
         case float(Float)
     }
@@ -283,8 +285,11 @@ final class OpenCLRuntime: @unchecked Sendable {
         for (i, arg) in args.enumerated() {
             let code: cl_int
             switch arg {
-            case .mem(let m):
-                var v: cl_mem? = m
+            case .buffer(let b):
+                guard let storage = b.storage as? CLStorage else {
+                    throw .invalidArgument(op: name, detail: "argument \(i) is not an OpenCL buffer")
+                }
+                var v: cl_mem? = storage.mem
                 code = clSetKernelArg(k, cl_uint(i), MemoryLayout<cl_mem>.size, &v)
             case .int(let n):
                 guard let n32 = Int32(exactly: n) else {

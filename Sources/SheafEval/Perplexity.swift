@@ -47,6 +47,9 @@ public enum Perplexity {
     public static func evaluate(
         _ model: LlamaModel, windows: [[Int32]], progress: (Int, Int, Double) -> Void = { _, _, _ in }
     ) throws(SheafError) -> PerplexityResult {
+        guard !windows.isEmpty, windows.allSatisfy({ $0.count >= 2 }) else {
+            throw .invalidArgument(op: "eval", detail: "needs at least one window of at least 2 tokens")
+        }
         let t0 = monotonicSeconds()
         var total = 0.0, predictions = 0
         for (i, w) in windows.enumerated() {

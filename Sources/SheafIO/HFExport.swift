@@ -12,6 +12,8 @@ public enum HFExport {
         shardBytes: Int = 5 << 30, progress: (String) -> Void = { _ in }
     ) throws(SheafError) {
         let fm = FileManager.default
+        // "dir/" and "dir" name the same folder; the temporary sibling must sit beside it, not in it.
+        let out = URL(fileURLWithPath: out).standardizedFileURL.path
         if fm.fileExists(atPath: out) && !replace {
             throw .io(path: out, detail: "output folder exists (pass --force to replace it)")
         }

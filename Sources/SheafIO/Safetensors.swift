@@ -111,7 +111,7 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
         var out: [Int] = []
         for v in values {
             // JSON integers arrive as integer-typed NSNumbers; 2.5 or 1e3 must not pass as sizes.
-            guard let n = v as? NSNumber, "qilsQILSc".contains(String(cString: n.objCType)) else { return nil }
+            guard let n = v as? NSNumber, "qilsQILS".contains(String(cString: n.objCType)) else { return nil }
             out.append(n.intValue)
         }
         return out

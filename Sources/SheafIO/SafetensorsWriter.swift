@@ -63,6 +63,9 @@ public enum SafetensorsWriter {
         shardBytes: Int = 5 << 30
     ) throws(SheafError) -> [String] {
         let sorted = tensors.sorted { $0.name < $1.name }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where a.name == b.name {
+            throw .invalidArgument(op: "safetensors write", detail: "duplicate tensor name '\(a.name)' for \(directory)")
+        }
         var groups: [[TensorToWrite]] = [[]]
         var groupBytes = 0
         for t in sorted {
@@ -148,12 +151,14 @@ public enum SafetensorsWriter {
 public func atomicWrite(_ data: Data, to path: String) throws(SheafError) {
     let url = URL(fileURLWithPath: path)
     let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).partial-\(getpid())")
-    do {
-        try data.write(to: temp)
-        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(at: url) }
-        try FileManager.default.moveItem(at: temp, to: url)
-    } catch {
+    do { try data.write(to: temp) } catch {
         try? FileManager.default.removeItem(at: temp)
         throw .io(path: path, detail: "cannot write: \(error.localizedDescription)")
+    }
+    // rename(2) replaces an existing file atomically: the old one or the new one, never none.
+    guard rename(temp.path, path) == 0 else {
+        let reason = String(cString: strerror(errno))
+        try? FileManager.default.removeItem(at: temp)
+        throw .io(path: path, detail: "cannot move the finished file into place: \(reason)")
     }
 }

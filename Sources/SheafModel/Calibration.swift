@@ -71,18 +71,7 @@ public enum Calibration {
             throw .invalidArgument(op: "calibration", detail: "needs at least one window, all of the same non-zero length")
         }
         let c = files.config, loader = WeightLoader(files: files, backend: backend)
-        let embedding = try loader.embedding()
-        var hidden: [MatrixView] = []
-        for w in windows {
-            var rows = [Float](repeating: 0, count: length * c.hiddenSize)
-            for (i, t) in w.enumerated() {
-                guard t >= 0, Int(t) < c.vocabularySize else {
-                    throw .invalidArgument(op: "calibration", detail: "token id \(t) outside the vocabulary of \(c.vocabularySize)")
-                }
-                for j in 0..<c.hiddenSize { rows[i * c.hiddenSize + j] = embedding[Int(t) * c.hiddenSize + j] }
-            }
-            hidden.append(try MatrixView(backend.upload(rows, label: "calibration embeddings"), rows: length, cols: c.hiddenSize))
-        }
+        let hidden = try embedWindows(windows, loader: loader)  // the host embedding is freed on return
         var result: [[LayerGrams.Input: Matrix<Double>]] = []
         for i in 0..<c.layerCount {
             let layer = try loader.layer(i)  // released when the next layer replaces it
@@ -96,5 +85,22 @@ public enum Calibration {
             progress(i + 1, c.layerCount)
         }
         return result
+    }
+
+    /// The embedding rows of every window, one (length, hidden) matrix each, on the backend.
+    static func embedWindows(_ windows: [[Int32]], loader: WeightLoader) throws(SheafError) -> [MatrixView] {
+        let c = loader.files.config, embedding = try loader.embedding()
+        var hidden: [MatrixView] = []
+        for w in windows {
+            var rows = [Float](repeating: 0, count: w.count * c.hiddenSize)
+            for (i, t) in w.enumerated() {
+                guard t >= 0, Int(t) < c.vocabularySize else {
+                    throw .invalidArgument(op: "calibration", detail: "token id \(t) outside the vocabulary of \(c.vocabularySize)")
+                }
+                for j in 0..<c.hiddenSize { rows[i * c.hiddenSize + j] = embedding[Int(t) * c.hiddenSize + j] }
+            }
+            hidden.append(try MatrixView(loader.backend.upload(rows, label: "calibration embeddings"), rows: w.count, cols: c.hiddenSize))
+        }
+        return hidden
     }
 }

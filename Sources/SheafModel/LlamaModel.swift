@@ -210,6 +210,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// all 2048 × vocabulary logits at once.
     public func nextTokenNLL(_ tokens: [Int32], chunkRows: Int = 256) throws(SheafError) -> [Float] {
         guard tokens.count >= 2 else { throw .invalidArgument(op: "nextTokenNLL", detail: "need at least 2 tokens, got \(tokens.count)") }
+        guard chunkRows > 0 else { throw .invalidArgument(op: "nextTokenNLL", detail: "chunkRows must be positive, got \(chunkRows)") }
         let h = try hiddenStates(tokens)
         let predictions = tokens.count - 1
         let logits = try backend.zeros(.float32, rows: min(chunkRows, predictions), cols: config.vocabularySize)

@@ -22,7 +22,8 @@ struct Arguments {
                 inline = String(name[name.index(after: eq)...])
                 name = String(name[..<eq])
             }
-            if flags.contains(name), inline == nil {
+            if flags.contains(name) {
+                guard inline == nil else { throw UsageError(description: "--\(name) takes no value") }
                 switches.insert(name)
             } else if options.contains(name) {
                 guard let value = inline ?? it.next() else { throw UsageError(description: "--\(name) needs a value") }

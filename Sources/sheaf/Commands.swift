@@ -61,9 +61,9 @@ let benchHelp = """
 let compressHelp = """
     USAGE: sheaf compress MODEL --out DIR [options]
 
-    Not implemented yet: the compression pipeline (Basis Sharing, SVD-LLM) lands with the
-    model I/O, forward pass and compression issues. Today Sheaf provides the numeric
-    backends ('sheaf doctor', 'sheaf bench kernels').
+    Not implemented yet: the compression methods (Basis Sharing, SVD-LLM, SWSC, head sharing)
+    come next. Today Sheaf reads and converts models (inspect, convert, tokenize), evaluates
+    them (eval, generate) and collects their calibration Grams (calibrate).
     """
 
 enum Commands {
@@ -120,7 +120,8 @@ enum Commands {
             throw UsageError(description: "expected 'sheaf bench kernels' (the only benchmark so far)")
         }
         let options = try Env.backendOptions()
-        let which = a.value("backend") ?? Env.get("SHEAF_BACKEND") ?? "all"
+        // A benchmark compares backends: SHEAF_BACKEND does not narrow it, only --backend does.
+        let which = a.value("backend") ?? "all"
         var backends: [any Backend] = []
         switch which {
         case "all":
@@ -164,8 +165,8 @@ enum Commands {
 
     static func compress(_ args: [String]) throws -> Int32 {
         if args.contains("--help") { print(compressHelp); return 0 }
-        note("sheaf: compress: the compression pipeline is not implemented yet (it needs model I/O, the forward pass and "
-            + "Basis Sharing: issues 3 to 5). 'sheaf doctor' and 'sheaf bench kernels' work today.")
+        note("sheaf: compress: the compression methods are not implemented yet; 'sheaf eval', 'sheaf calibrate', "
+            + "'sheaf convert' and the other commands in 'sheaf --help' work today.")
         return 2
     }
 }

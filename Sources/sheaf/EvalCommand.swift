@@ -51,7 +51,7 @@ enum EvalCommand {
 
         let files = try ModelFiles.open(a.positionals[0])
         guard context <= files.config.maxPositions else {
-            throw UsageError(description: "--ctx \(context) exceeds the model's context of \(files.config.maxPositions) tokens")
+            throw UsageError(description: "a context of \(context) tokens exceeds the model's \(files.config.maxPositions) (pass a smaller --ctx)")
         }
         let tokenizer = try files.tokenizer()
         guard tokenizer.vocabularySize <= files.config.vocabularySize else {
@@ -100,13 +100,17 @@ enum GenerateCommand {
         let model = try LlamaModel(files: files, backend: backend)
         let promptIDs = tokenizer.encode(prompt)
         FileHandle.standardOutput.write(Data(prompt.utf8))
+        // Decode prompt + continuation and print what follows the prompt's own decoding: a
+        // SentencePiece decoder drops a leading space from a continuation decoded alone.
+        let promptText = tokenizer.decode(promptIDs, skipSpecial: true)
         var produced: [Int32] = []
         var shown = ""
         let t0 = monotonicSeconds()
         _ = try model.generate(prompt: promptIDs, maxTokens: maxTokens, stop: tokenizer.eosID) { token in
             // Decode the whole continuation each time: a character may span several tokens.
             produced.append(token)
-            let text = tokenizer.decode(produced, skipSpecial: true)
+            let full = tokenizer.decode(promptIDs + produced, skipSpecial: true)
+            let text = full.hasPrefix(promptText) ? String(full.dropFirst(promptText.count)) : tokenizer.decode(produced, skipSpecial: true)
             if text.hasPrefix(shown), !text.hasSuffix("\u{FFFD}") {
                 FileHandle.standardOutput.write(Data(text.dropFirst(shown.count).utf8))
                 shown = text
@@ -119,14 +123,14 @@ enum GenerateCommand {
 }
 
 let calibrateHelp = """
-    USAGE: sheaf calibrate MODEL [--calib FILE...] [--protocol S|P] [--calib-windows N --calib-len L]
+    USAGE: sheaf calibrate MODEL [--calib FILE]... [--protocol S|P] [--calib-windows N --calib-len L]
                                  [--backend auto|cpu|opencl] [--json]
 
     Runs the calibration windows through MODEL one decoder layer at a time (only that layer's
     weights in memory, the hidden states of every window kept) and accumulates, per layer,
     the Float64 Gram XᵀX of each distinct linear input (q/k/v, o, gate/up, down): what the
     compression methods consume. Reports tokens/s, time and peak memory, and each Gram's
-    trace. Protocol S (default): 128 windows of 512 tokens of the Austen novels
+    trace. --calib may be repeated (one file each). Protocol S (default): 128 windows of 512 tokens of the Austen novels
     ($SHEAF_DATA/austen/*.txt, else ../shared/data/austen), joined with blank lines.
     """
 
@@ -150,6 +154,8 @@ enum CalibrateCommand {
             if arg == "--calib" {
                 guard let v = it.next() else { throw UsageError(description: "--calib needs a file") }
                 calib.append(v)
+            } else if arg.hasPrefix("--calib=") {
+                calib.append(String(arg.dropFirst("--calib=".count)))
             } else {
                 rest.append(arg)
             }

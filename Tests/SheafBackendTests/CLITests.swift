@@ -75,8 +75,11 @@ extension BackendSuites {
             #expect(noDevice.status == 1)
             #expect(noDevice.stderr.contains("no-such-gpu") && noDevice.stderr.split(separator: "\n").count == 1, "\(noDevice.stderr)")
 
-            let badBackend = try sheaf(["bench", "kernels", "--quick"], env: ["SHEAF_BACKEND": "tpu"])
+            let badBackend = try sheaf(["bench", "kernels", "--quick", "--backend", "tpu"])
             #expect(badBackend.status == 2 && badBackend.stderr.contains("tpu"))
+
+            let flagValue = try sheaf(["doctor", "--json=1"])
+            #expect(flagValue.status == 2 && flagValue.stderr.contains("--json takes no value"))
 
             let compress = try sheaf(["compress", "model.gguf", "--out", "x"])
             #expect(compress.status == 2 && compress.stderr.contains("not implemented"))
