@@ -62,9 +62,12 @@ public enum Calibration {
     /// Per layer, the Grams of its distinct linear inputs, summed over all windows.
     /// `onLayer` receives each layer's Grams as soon as they are complete (a compression method
     /// can factor that layer and drop them); the returned array holds them all when `keep`
-    /// (≈ 800 MB for SmolLM2-135M), else is empty.
+    /// (≈ 800 MB for SmolLM2-135M), else is empty. `layer` supplies decoder block i (default:
+    /// the dense weights of `files`): give it compressed blocks to collect the Grams of the
+    /// inputs a partly compressed model sees (the coefficient refit of Basis Sharing).
     public static func collectGrams(
         files: ModelFiles, backend: any Backend, windows: [[Int32]], capture: Bool = false, keep: Bool = true,
+        layer makeLayer: ((Int) throws(SheafError) -> DecoderLayer)? = nil,
         progress: (Int, Int) -> Void = { _, _ in }, onLayer: (Int, LayerGrams) throws(SheafError) -> Void = { _, _ in }
     ) throws(SheafError) -> [[LayerGrams.Input: Matrix<Double>]] {
         guard let length = windows.first?.count, length > 0, windows.allSatisfy({ $0.count == length }) else {
@@ -74,7 +77,9 @@ public enum Calibration {
         let hidden = try embedWindows(windows, loader: loader)  // the host embedding is freed on return
         var result: [[LayerGrams.Input: Matrix<Double>]] = []
         for i in 0..<c.layerCount {
-            let layer = try loader.layer(i)  // released when the next layer replaces it
+            // Released when the next layer replaces it.
+            let layer: DecoderLayer
+            if let makeLayer { layer = try makeLayer(i) } else { layer = try loader.layer(i) }
             let grams = try LayerGrams(config: c, backend: backend, capture: capture)
             for h in hidden {
                 let a = try LlamaModel.Activations(backend, tokens: length, c, hidden: h)

@@ -9,7 +9,7 @@ public final class DecoderLayer: @unchecked Sendable {
     /// RMSNorm weights, (1, hidden).
     let inputNorm, postAttentionNorm: MatrixView
 
-    init(
+    public init(
         q: any LinearLayer, k: any LinearLayer, v: any LinearLayer, o: any LinearLayer, gate: any LinearLayer,
         up: any LinearLayer, down: any LinearLayer, inputNorm: MatrixView, postAttentionNorm: MatrixView
     ) {

@@ -163,6 +163,30 @@ extension BackendSuites {
             }
         }
 
+        /// A caller-supplied block source (compressed layers, later) is what calibration runs.
+        @Test func suppliedLayersAreTheOnesRun() throws {
+            let dir = try TinyModel.write(), other = try TinyModel.write(seed: 8)
+            defer {
+                try? FileManager.default.removeItem(atPath: dir)
+                try? FileManager.default.removeItem(atPath: other)
+            }
+            let files = try ModelFiles.open(dir)
+            let foreign = WeightLoader(files: try ModelFiles.open(other), backend: Backends.cpu)
+            var requested: [Int] = []
+            let mixed = try Calibration.collectGrams(
+                files: files, backend: Backends.cpu, windows: Self.windows,
+                layer: { (i) throws(SheafError) in
+                    requested.append(i)
+                    return try foreign.layer(i)
+                })
+            let plain = try Calibration.collectGrams(files: files, backend: Backends.cpu, windows: Self.windows)
+            #expect(requested == [0, 1])
+            // Layer 0's attention input is the embedding normed by layer 0's own norm weight:
+            // another model's layer 0 changes it, so the supplied layers were used.
+            let (error, _) = Parity.compare(mixed[0][.attention]!.values, plain[0][.attention]!.values)
+            #expect(error > 1e-6)
+        }
+
         @Test func calibrationWindowsFollowTheProtocol() throws {
             let tokens = (0..<1000).map(Int32.init)
             let w = try CalibrationWindows.windows(tokens, count: 4, length: 100)
