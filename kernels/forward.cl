@@ -21,48 +21,27 @@
 #define RW 64   // work-items per row for the row reductions; a power of two
 #endif
 
-// Tree reduction of one value per work-item over the row's work-group; every item gets the result.
-inline float reduce_sum(float v, __local float *scratch)
-{
-    const int lid = get_local_id(0);
-    scratch[lid] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = RW / 2; s > 0; s >>= 1) {
-        if (lid < s) scratch[lid] += scratch[lid + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
+// Tree reduction of one value per work-item over the row's work-group (RW items, local
+// scratch of RW elements); every item gets the result. One definition per type and operator.
+#define DEFINE_ROW_REDUCTION(NAME, TYPE, COMBINE)                              \
+    inline TYPE NAME(TYPE v, __local TYPE *scratch)                           \
+    {                                                                          \
+        const int lid = get_local_id(0);                                       \
+        scratch[lid] = v;                                                      \
+        barrier(CLK_LOCAL_MEM_FENCE);                                          \
+        for (int s = RW / 2; s > 0; s >>= 1) {                                 \
+            if (lid < s) scratch[lid] = COMBINE(scratch[lid], scratch[lid + s]); \
+            barrier(CLK_LOCAL_MEM_FENCE);                                      \
+        }                                                                      \
+        const TYPE result = scratch[0];                                        \
+        barrier(CLK_LOCAL_MEM_FENCE);                                          \
+        return result;                                                         \
     }
-    const float total = scratch[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return total;
-}
 
-inline float reduce_max(float v, __local float *scratch)
-{
-    const int lid = get_local_id(0);
-    scratch[lid] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = RW / 2; s > 0; s >>= 1) {
-        if (lid < s) scratch[lid] = max(scratch[lid], scratch[lid + s]);
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const float m = scratch[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return m;
-}
-
-inline double reduce_sum_double(double v, __local double *scratch)
-{
-    const int lid = get_local_id(0);
-    scratch[lid] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int s = RW / 2; s > 0; s >>= 1) {
-        if (lid < s) scratch[lid] += scratch[lid + s];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    const double total = scratch[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return total;
-}
+#define ADD(a, b) ((a) + (b))
+DEFINE_ROW_REDUCTION(reduce_sum, float, ADD)
+DEFINE_ROW_REDUCTION(reduce_max, float, max)
+DEFINE_ROW_REDUCTION(reduce_sum_double, double, ADD)
 
 __kernel __attribute__((reqd_work_group_size(RW, 1, 1)))
 void rms_norm(const int d, __global const float *x, const int offX, const int ldx,
