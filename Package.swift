@@ -6,7 +6,7 @@ import PackageDescription
 let package = Package(
     name: "Sheaf",
     products: [
-        .library(name: "SheafKit", targets: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval"]),
+        .library(name: "SheafKit", targets: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "SheafCompress"]),
         .executable(name: "sheaf", targets: ["sheaf"]),
     ],
     targets: [
@@ -24,14 +24,17 @@ let package = Package(
         .target(name: "SheafIO", dependencies: ["SheafCore"]),
         // The Llama-family forward pass over linear-layer variants, on any backend.
         .target(name: "SheafModel", dependencies: ["SheafCore", "SheafBackend", "SheafIO"]),
+        // Calibration-driven compression: whitened SVD, Basis Sharing; the compressed checkpoint.
+        .target(name: "SheafCompress", dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel"]),
         // Perplexity under the protocols of BENCHMARK.md.
         .target(name: "SheafEval", dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel"]),
-        .executableTarget(name: "sheaf", dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval"]),
+        .executableTarget(
+            name: "sheaf", dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "SheafCompress"]),
         // Depends on the executable so `swift test` builds the `sheaf` binary the CLI tests run.
         // Also the forward-pass tests: they use backends, so they nest in the same serialized suite.
         .testTarget(
             name: "SheafBackendTests",
-            dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "sheaf"]),
+            dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "SheafCompress", "sheaf"]),
         .testTarget(name: "SheafIOTests", dependencies: ["SheafCore", "SheafIO"]),
     ]
 )

@@ -18,5 +18,8 @@ void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int 
              double *u, const int *ldu, double *vt, const int *ldvt, double *work, const int *lwork,
              int *iwork, int *info, size_t jobz_len);
 
+void dposv_(const char *uplo, const int *n, const int *nrhs, double *a, const int *lda, double *b,
+            const int *ldb, int *info, size_t uplo_len);
+
 // openblas_set_num_threads, openblas_get_num_threads, openblas_get_corename and
 // openblas_get_config come from cblas.h.

@@ -11,19 +11,11 @@ public enum HFExport {
         _ model: ModelFiles, to out: String, dtype: SafetensorsDType = .F32, replace: Bool = false,
         shardBytes: Int = 5 << 30, progress: (String) -> Void = { _ in }
     ) throws(SheafError) {
-        let fm = FileManager.default
-        // "dir/" and "dir" name the same folder; the temporary sibling must sit beside it, not in it.
-        let out = URL(fileURLWithPath: out).standardizedFileURL.path
-        if fm.fileExists(atPath: out) && !replace {
-            throw .io(path: out, detail: "output folder exists (pass --force to replace it)")
-        }
         let tokenizer = try model.tokenizer()
-        let partial = out + ".partial-\(getpid())"
-        try? fm.removeItem(atPath: partial)
-        do throws(SheafError) {
-            do { try fm.createDirectory(atPath: partial, withIntermediateDirectories: true) } catch {
-                throw .io(path: partial, detail: "cannot create: \(error.localizedDescription)")
-            }
+        try writeFolder(
+            to: out, replace: replace, config: model.config, configJSON: try model.config.configJSON(), tokenizer: tokenizer,
+            shardBytes: shardBytes
+        ) { () throws(SheafError) in
             var tensors: [TensorToWrite] = []
             let t0 = monotonicSeconds()
             for (i, name) in model.tensorNames.enumerated() {
@@ -33,16 +25,41 @@ public enum HFExport {
                     progress("\(i + 1)/\(model.tensorNames.count) tensors read (\(String(format: "%.1f", monotonicSeconds() - t0)) s)")
                 }
             }
-            try SafetensorsWriter.writeModel(tensors, metadata: ["format": "pt"], to: partial, shardBytes: shardBytes)
-            try atomicWrite(try model.config.configJSON(), to: partial + "/config.json")
-            try atomicWrite(tokenizer.tokenizerJSON(), to: partial + "/tokenizer.json")
+            return tensors
+        }
+    }
+
+    /// A model folder: the tensors from `makeTensors` as model.safetensors (sharded above
+    /// `shardBytes`), `configJSON` as config.json, tokenizer.json (when given), generation_config.json and
+    /// `extraFiles` (name → bytes). Everything is written into a temporary sibling folder renamed
+    /// to `out` at the end; an existing `out` is refused unless `replace`.
+    public static func writeFolder(
+        to out: String, replace: Bool, config: ModelConfig, configJSON: Data, tokenizer: Tokenizer?,
+        extraFiles: [String: Data] = [:], shardBytes: Int = 5 << 30, makeTensors: () throws(SheafError) -> [TensorToWrite]
+    ) throws(SheafError) {
+        let fm = FileManager.default
+        // "dir/" and "dir" name the same folder; the temporary sibling must sit beside it, not in it.
+        let out = URL(fileURLWithPath: out).standardizedFileURL.path
+        if fm.fileExists(atPath: out) && !replace {
+            throw .io(path: out, detail: "output folder exists (pass --force to replace it)")
+        }
+        let partial = out + ".partial-\(getpid())"
+        try? fm.removeItem(atPath: partial)
+        do throws(SheafError) {
+            do { try fm.createDirectory(atPath: partial, withIntermediateDirectories: true) } catch {
+                throw .io(path: partial, detail: "cannot create: \(error.localizedDescription)")
+            }
+            try SafetensorsWriter.writeModel(try makeTensors(), metadata: ["format": "pt"], to: partial, shardBytes: shardBytes)
+            try atomicWrite(configJSON, to: partial + "/config.json")
+            if let tokenizer { try atomicWrite(tokenizer.tokenizerJSON(), to: partial + "/tokenizer.json") }
             var generation: [String: Any] = ["_from_model_config": true]
-            if let b = model.config.bosTokenID { generation["bos_token_id"] = b }
-            if let e = model.config.eosTokenID { generation["eos_token_id"] = e }
+            if let b = config.bosTokenID { generation["bos_token_id"] = b }
+            if let e = config.eosTokenID { generation["eos_token_id"] = e }
             guard let json = try? JSONSerialization.data(withJSONObject: generation, options: [.prettyPrinted, .sortedKeys]) else {
                 throw .io(path: out, detail: "cannot encode generation_config.json")
             }
             try atomicWrite(json, to: partial + "/generation_config.json")
+            for (name, data) in extraFiles.sorted(by: { $0.key < $1.key }) { try atomicWrite(data, to: partial + "/" + name) }
             do {
                 if fm.fileExists(atPath: out) { try fm.removeItem(atPath: out) }
                 try fm.moveItem(atPath: partial, toPath: out)

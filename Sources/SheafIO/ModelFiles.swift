@@ -16,6 +16,8 @@ public final class ModelFiles: @unchecked Sendable {
     let sources: [String: Source]
     /// HF tensor names, sorted.
     public let tensorNames: [String]
+    /// For a Sheaf compressed checkpoint (a folder with sheaf.json): what its factored layers are.
+    public let manifest: CompressedManifest?
 
     struct Source {
         var storeName: String
@@ -35,7 +37,11 @@ public final class ModelFiles: @unchecked Sendable {
         return try openGGUF(path)
     }
 
-    private init(path: String, format: Format, config: ModelConfig, store: any TensorStore, sources: [String: Source]) {
+    private init(
+        path: String, format: Format, config: ModelConfig, store: any TensorStore, sources: [String: Source],
+        manifest: CompressedManifest? = nil
+    ) {
+        self.manifest = manifest
         self.path = path
         self.format = format
         self.config = config
@@ -57,7 +63,9 @@ public final class ModelFiles: @unchecked Sendable {
         }
         var sources: [String: Source] = [:]
         for name in store.tensorNames { sources[name] = Source(storeName: name, unpermuteHeads: nil) }
-        return ModelFiles(path: dir, format: .safetensors, config: config, store: store, sources: sources)
+        let manifestPath = dir + "/" + CompressedManifest.fileName
+        let manifest = FileManager.default.fileExists(atPath: manifestPath) ? try CompressedManifest.load(manifestPath) : nil
+        return ModelFiles(path: dir, format: .safetensors, config: config, store: store, sources: sources, manifest: manifest)
     }
 
     private static func openGGUF(_ path: String) throws(SheafError) -> ModelFiles {
@@ -156,18 +164,47 @@ public final class ModelFiles: @unchecked Sendable {
         return try LlamaPermutation.unpermute(values, shape: try store.info(s.storeName).shape, heads: heads)
     }
 
+    /// The files holding the weights (and, for a folder, config.json), sorted.
+    var weightFiles: [String] {
+        if format == .gguf { return [path] }
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        return names.filter { $0.hasSuffix(".safetensors") || $0 == "config.json" }.sorted().map { path + "/" + $0 }
+    }
+
+    /// SHA-256 over the weight files' names and bytes, streamed in 8 MiB reads: identifies the
+    /// source of a compressed checkpoint and keys the calibration cache.
+    public func checksum() throws(SheafError) -> String {
+        var hash = SheafCore.SHA256()
+        for f in weightFiles {
+            let name = Array((f as NSString).lastPathComponent.utf8)
+            name.withUnsafeBytes { hash.update($0) }
+            guard let handle = FileHandle(forReadingAtPath: f) else { throw .io(path: f, detail: "cannot open to checksum") }
+            defer { try? handle.close() }
+            while true {
+                let chunk: Data
+                do { chunk = try handle.read(upToCount: 8 << 20) ?? Data() } catch {
+                    throw .io(path: f, detail: "read failed while checksumming: \(error.localizedDescription)")
+                }
+                if chunk.isEmpty { break }
+                chunk.withUnsafeBytes { hash.update($0) }
+            }
+        }
+        return SheafCore.SHA256.hex(hash.finalize())
+    }
+
     /// Bytes of the model's files on disk.
     public var fileBytes: Int {
-        var files: [String] = []
-        if format == .gguf {
-            files = [path]
-        } else {
-            let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
-            files = names.filter { $0.hasSuffix(".safetensors") }.map { path + "/" + $0 }
-        }
+        let files = weightFiles.filter { !$0.hasSuffix("config.json") }
         return files.reduce(0) { total, f in
             total + ((try? FileManager.default.attributesOfItem(atPath: f)[.size] as? Int) ?? 0)
         }
+    }
+
+    /// The tokenizer if the checkpoint has one (a GGUF file always does; a folder when it holds
+    /// tokenizer.json), so that tools passing a model through keep it.
+    public func tokenizerIfPresent() throws(SheafError) -> Tokenizer? {
+        if format == .safetensors && !FileManager.default.fileExists(atPath: path + "/tokenizer.json") { return nil }
+        return try tokenizer()
     }
 
     /// The tokenizer: tokenizer.json of a folder, or built from GGUF metadata.

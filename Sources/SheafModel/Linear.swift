@@ -52,3 +52,55 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
         if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
     }
 }
+
+/// A factored weight Wᵀ ≈ B·C: y = (x·B)·C (+ b), with the basis B (inputSize, rank) possibly
+/// shared by the same matrix type of several layers (Basis Sharing) and the coefficients C
+/// (rank, outputSize) this layer's own. 2·rank·(inputSize + outputSize) flops per row instead
+/// of 2·inputSize·outputSize.
+public final class LowRankLinear: LinearLayer, @unchecked Sendable {
+    public let inputSize: Int
+    public let outputSize: Int
+    public let rank: Int
+    let backend: any Backend
+    /// B: (inputSize, rank); the same view in every layer that shares it.
+    public let basis: MatrixView
+    /// C: (rank, outputSize).
+    let coefficients: MatrixView
+    let bias: MatrixView?
+    /// Whether `basis` is counted in this layer's parameters (the first layer of its group).
+    let ownsBasis: Bool
+    /// (rows, rank) scratch for x·B, grown on demand. Layers run one at a time, so one per layer.
+    private var scratch: MatrixView?
+
+    /// `basis`: B on the backend (inputSize, rank). `coefficientsT`: Cᵀ as (outputSize, rank)
+    /// row-major, PyTorch orientation (the second nn.Linear's weight).
+    public init(
+        basis: MatrixView, coefficientsT: [Float], outputSize: Int, bias: [Float]? = nil, ownsBasis: Bool = true,
+        on backend: any Backend, name: String
+    ) throws(SheafError) {
+        let (inputSize, rank) = (basis.rows, basis.cols)
+        guard coefficientsT.count == outputSize * rank, bias == nil || bias!.count == outputSize else {
+            throw .shapeMismatch(op: "LowRankLinear", detail: "\(name): \(coefficientsT.count) coefficients for (\(outputSize), \(rank))")
+        }
+        self.inputSize = inputSize
+        self.outputSize = outputSize
+        self.rank = rank
+        self.backend = backend
+        self.basis = basis
+        self.ownsBasis = ownsBasis
+        let c = try Matrix(rows: outputSize, cols: rank, values: coefficientsT).transposed
+        coefficients = try backend.upload(c, label: name + " coefficients")
+        self.bias = try bias.map { (b) throws(SheafError) in try MatrixView(backend.upload(b, label: name + " bias"), rows: 1, cols: outputSize) }
+    }
+
+    /// Basis counted once per group, coefficients and bias per layer.
+    public var parameterCount: Int { (ownsBasis ? inputSize * rank : 0) + rank * outputSize + (bias == nil ? 0 : outputSize) }
+
+    public func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
+        if scratch == nil || scratch!.rows < x.rows { scratch = try backend.zeros(.float32, rows: x.rows, cols: rank) }
+        let t = try MatrixView(scratch!.buffer, rows: x.rows, cols: rank)
+        try backend.gemm(x, transposeA: false, basis, transposeB: false, into: t, alpha: 1, beta: 0)
+        try backend.gemm(t, transposeA: false, coefficients, transposeB: false, into: y, alpha: 1, beta: 0)
+        if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
+    }
+}

@@ -19,7 +19,8 @@ let mainHelp = """
       eval MODEL        Perplexity (Protocol S or P of BENCHMARK.md), tokens/s, peak memory.
       generate MODEL    Greedy text continuation of --prompt, with a KV cache.
       calibrate MODEL   Per-layer Float64 Grams of the linear inputs on calibration text, layer by layer.
-      compress          Compress a model (not implemented yet: see README).
+      compress MODEL    Compress a model (Basis Sharing, SVD-LLM, plain SVD) into a Sheaf checkpoint.
+      export DIR        A compressed checkpoint -> a dense HuggingFace folder.
       help [command]    Show help for a command.
 
     BACKENDS: --backend auto|cpu|opencl (or SHEAF_BACKEND). auto = an OpenCL GPU if present,
@@ -56,14 +57,6 @@ let benchHelp = """
       --op LIST     Only these op families (comma-separated; default: all).
       --quick       Small sizes, for a smoke run.
       --json        Print the results as one JSON object.
-    """
-
-let compressHelp = """
-    USAGE: sheaf compress MODEL --out DIR [options]
-
-    Not implemented yet: the compression methods (Basis Sharing, SVD-LLM, SWSC, head sharing)
-    come next. Today Sheaf reads and converts models (inspect, convert, tokenize), evaluates
-    them (eval, generate) and collects their calibration Grams (calibrate).
     """
 
 enum Commands {
@@ -163,10 +156,4 @@ enum Commands {
         return 0
     }
 
-    static func compress(_ args: [String]) throws -> Int32 {
-        if args.contains("--help") { print(compressHelp); return 0 }
-        note("sheaf: compress: the compression methods are not implemented yet; 'sheaf eval', 'sheaf calibrate', "
-            + "'sheaf convert' and the other commands in 'sheaf --help' work today.")
-        return 2
-    }
 }

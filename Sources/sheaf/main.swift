@@ -17,6 +17,7 @@ do {
         case "eval": print(evalHelp)
         case "generate": print(generateHelp)
         case "calibrate": print(calibrateHelp)
+        case "export": print(exportHelp)
         default: print(mainHelp)
         }
         status = 0
@@ -25,7 +26,8 @@ do {
         status = 0
     case "doctor": status = try Commands.doctor(Array(args.dropFirst()))
     case "bench": status = try Commands.bench(Array(args.dropFirst()))
-    case "compress": status = try Commands.compress(Array(args.dropFirst()))
+    case "compress": status = try CompressCommand.run(Array(args.dropFirst()))
+    case "export": status = try ExportCommand.run(Array(args.dropFirst()))
     case "inspect": status = try ModelCommands.inspect(Array(args.dropFirst()))
     case "convert": status = try ModelCommands.convert(Array(args.dropFirst()))
     case "tokenize": status = try ModelCommands.tokenize(Array(args.dropFirst()))

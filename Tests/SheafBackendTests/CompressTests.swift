@@ -1,0 +1,241 @@
+import Foundation
+import SheafBackend
+import SheafCompress
+import SheafCore
+import SheafEval
+import SheafIO
+import SheafModel
+import Testing
+
+/// Basis Sharing / SVD-LLM / plain SVD on the tiny random model of ForwardTests: exactness at
+/// full rank, the optimality of whitening, backend agreement, the checkpoint and its export.
+enum CompressFixture {
+    /// 6 windows of 40 random tokens: 240 rows, more than the widest input (96), so every
+    /// Gram is positive definite.
+    static let windows: [[Int32]] = {
+        var rng = SplitMix64(seed: 11)
+        return (0..<6).map { _ in (0..<40).map { _ in Int32(rng.next() % 101) } }
+    }()
+
+    static let evalTokens: [Int32] = [5, 17, 99, 0, 42, 42, 7, 100, 63, 1, 2, 3, 88, 21, 34, 55, 89, 13, 8, 5, 3, 77, 64, 12]
+
+    static func options(_ method: CompressionMethod, ratio: Double = 0.5, groupSize: Int? = nil, refit: CompressionOptions.Refit = .off,
+                        ranks: [MatrixType: Int] = [:]) -> CompressionOptions {
+        var o = CompressionOptions()
+        o.method = method
+        o.ratio = ratio
+        o.groupSize = groupSize
+        o.refit = refit
+        o.rankOverrides = ranks
+        return o
+    }
+
+    /// Every type at its largest rank for group size 2 on the tiny model (hidden 64, MLP 96).
+    static let fullRanks: [MatrixType: Int] = [.q: 64, .k: 64, .v: 64, .o: 64, .gate: 64, .up: 64, .down: 64]
+
+    static func write(_ r: CompressionResult, source: ModelFiles, tag: String) throws -> ModelFiles {
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-compressed-\(getpid())-\(tag)").path
+        _ = try CompressedCheckpoint.write(
+            r, source: source, provenance: .init(sheafVersion: "test", calibration: nil, sourceChecksum: "test"), to: out, replace: true)
+        return try ModelFiles.open(out)
+    }
+
+    static func nmse(_ a: [Float], _ b: [Float]) -> Double {
+        var num = 0.0, den = 0.0
+        for (x, y) in zip(a, b) { num += Double(x - y) * Double(x - y); den += Double(y) * Double(y) }
+        return num / den
+    }
+}
+
+extension BackendSuites {
+    @Suite struct Compress {
+        typealias F = CompressFixture
+
+        func logits(_ files: ModelFiles, _ backend: any Backend) throws -> [Float] {
+            try LlamaModel(files: files, backend: backend).logits(F.evalTokens).values
+        }
+
+        /// Full rank (k = min(d_in, n·d_out)) reproduces the dense model to float rounding, with
+        /// and without the coefficient refit, and the exported dense folder equals the checkpoint.
+        @Test(arguments: [CompressionOptions.Refit.off, .on])
+        func fullRankReproducesDense(refit: CompressionOptions.Refit) throws {
+            let source = try ModelFiles.open(try TinyModel.write(seed: 21))
+            let r = try Compressor.compress(
+                files: source, backend: Backends.cpu, windows: F.windows,
+                options: F.options(.basisSharing, groupSize: 2, refit: refit, ranks: F.fullRanks))
+            #expect(r.groups.count == 5 + 2 * 2)  // q, k, v, gate, up shared by both layers; o, down per layer
+            let compressed = try F.write(r, source: source, tag: "full-\(refit)")
+            #expect(compressed.manifest?.refit == (refit == .on))
+            let dense = try logits(source, Backends.cpu), factored = try logits(compressed, Backends.cpu)
+            #expect(F.nmse(factored, dense) < 1e-10, "nMSE \(F.nmse(factored, dense))")
+            for g in r.groups { #expect(g.error < 1e-10, "\(g.type) \(g.layers): error \(g.error)") }
+
+            let exported = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-exported-\(getpid())-\(refit)").path
+            try CompressedCheckpoint.exportDense(compressed, to: exported, replace: true)
+            let hf = try ModelFiles.open(exported)
+            #expect(hf.manifest == nil && hf.tensorNames == source.tensorNames)
+            #expect(F.nmse(try logits(hf, Backends.cpu), factored) < 1e-12)
+        }
+
+        /// Basis Sharing with n = 1 is SVD-LLM: the same factors, bit for bit.
+        @Test func groupSizeOneIsSVDLLM() throws {
+            let source = try ModelFiles.open(try TinyModel.write(seed: 22))
+            let shared = try Compressor.compress(
+                files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.basisSharing, groupSize: 1))
+            let svdLLM = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM))
+            #expect(shared.groups.count == 14 && svdLLM.groups.count == 14)
+            for (a, b) in zip(shared.groups, svdLLM.groups) {
+                #expect(a.type == b.type && a.layers == b.layers && a.rank == b.rank)
+                #expect(a.basisT.values == b.basisT.values && a.coefficientsT.map(\.values) == b.coefficientsT.map(\.values))
+            }
+        }
+
+        /// Whitening minimises the calibration-weighted error at a given rank: SVD-LLM's error is
+        /// never above plain SVD's, matrix by matrix, and clearly below it in total.
+        @Test func whitenedBeatsPlainSVD() throws {
+            let source = try ModelFiles.open(try TinyModel.write(seed: 23))
+            let whitened = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM))
+            let plain = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svd))
+            var sumW = 0.0, sumP = 0.0
+            for (w, p) in zip(whitened.groups, plain.groups) {
+                #expect(w.rank == p.rank)
+                #expect(w.error <= p.error * (1 + 1e-9), "\(w.type) \(w.layers): whitened \(w.error), plain \(p.error)")
+                sumW += w.error
+                sumP += p.error
+            }
+            #expect(sumW < 0.9 * sumP, "whitened \(sumW), plain \(sumP)")
+            #expect(abs(whitened.storedLinearParameters - plain.storedLinearParameters) == 0)
+        }
+
+        /// cpu and opencl (PoCL) give the same factors, compared by singular values and by the
+        /// reconstructed weights, and the same perplexity.
+        @Test func backendsAgree() throws {
+            let source = try ModelFiles.open(try TinyModel.write(seed: 24))
+            let options = F.options(.basisSharing, ratio: 0.3, groupSize: 2)
+            let cpu = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: options)
+            let cl = try Compressor.compress(files: source, backend: try Backends.opencl(), windows: F.windows, options: options)
+            for (a, b) in zip(cpu.groups, cl.groups) {
+                let k = a.rank
+                let sa = Array(a.singularValues.prefix(k)).map(Float.init), sb = Array(b.singularValues.prefix(k)).map(Float.init)
+                #expect(F.nmse(sb, sa) < 1e-10, "\(a.type) \(a.layers) singular values")
+                for i in a.layers.indices {
+                    let ra = try a.reconstruction(i).asFloat.values, rb = try b.reconstruction(i).asFloat.values
+                    // Ranks cut inside clusters of close singular values could swap vectors; here they
+                    // are distinct, so the reconstructions agree to float32 Gram rounding.
+                    #expect(F.nmse(rb, ra) < 1e-6, "\(a.type) layer \(a.layers[i]): reconstruction nMSE \(F.nmse(rb, ra))")
+                }
+            }
+            let filesCPU = try F.write(cpu, source: source, tag: "cpu"), filesCL = try F.write(cl, source: source, tag: "cl")
+            let pCPU = try Perplexity.evaluate(try LlamaModel(files: filesCPU, backend: Backends.cpu), windows: [F.evalTokens]).perplexity
+            let pCL = try Perplexity.evaluate(try LlamaModel(files: filesCL, backend: try Backends.opencl()), windows: [F.evalTokens]).perplexity
+            #expect(abs(pCL - pCPU) / pCPU < 1e-4, "perplexity cpu \(pCPU), opencl \(pCL)")
+        }
+
+        /// The second compression of the same model and windows reads the cached Grams and
+        /// gives the same factors.
+        @Test func gramCacheSkipsCalibration() throws {
+            let source = try ModelFiles.open(try TinyModel.write(seed: 25))
+            let root = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-grams-\(getpid())").path
+            try? FileManager.default.removeItem(atPath: root)
+            let cache = GramCache(root: root)
+            let first = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM), cache: cache)
+            let second = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM), cache: cache)
+            #expect(!first.gramsFromCache && second.gramsFromCache)
+            #expect(first.groups.map(\.basisT.values) == second.groups.map(\.basisT.values))
+            let other = try Compressor.compress(
+                files: source, backend: Backends.cpu, windows: Array(F.windows.dropLast()), options: F.options(.svdLLM), cache: cache)
+            #expect(!other.gramsFromCache, "other windows must not hit the cache")
+        }
+
+        /// Options that cannot work are refused before any work, one line each.
+        @Test func impossibleOptionsAreRefused() throws {
+            let config = try ModelFiles.open(try TinyModel.write(seed: 26)).config
+            func refusal(_ o: CompressionOptions) -> String? {
+                do { _ = try CompressionPlan(config: config, options: o); return nil } catch { return error.description }
+            }
+            #expect(refusal(F.options(.basisSharing, ratio: 0)).map { $0.contains("--ratio must be in (0, 1)") } == true)
+            #expect(refusal(F.options(.basisSharing, ratio: 1.2)).map { $0.contains("--ratio must be in (0, 1)") } == true)
+            #expect(refusal(F.options(.basisSharing, ratio: 0.999)).map { $0.contains("leaves rank 0") } == true)
+            #expect(refusal(F.options(.basisSharing, groupSize: 3)).map { $0.contains("--group-size must be between 1 and the model's 2 layers") } == true)
+            #expect(refusal(F.options(.svdLLM, groupSize: 2)).map { $0.contains("svd-llm") } == true)
+            #expect(refusal(F.options(.basisSharing, ranks: [.down: 97])).map { $0.contains("--rank down_proj=97 is outside 1...64") } == true)
+            #expect(refusal(F.options(.basisSharing, ratio: 0.2)) == nil)
+            // The rank formula of BENCHMARK.md.
+            #expect(MatrixType.rank(dIn: 576, dOut: 1536, layers: 2, ratio: 0.2) == 388)  // 388.04
+            #expect(MatrixType.rank(dIn: 576, dOut: 576, layers: 1, ratio: 0.2) == 230)  // 230.4
+        }
+    
+        /// The command as a user runs it on the real model, reduced: Basis Sharing at r = 0.2,
+        /// n = 2, calibrated on 8 windows of 256 tokens; the checkpoint evaluates, its dense export
+        /// gives the same perplexity, and the achieved ratio is within 0.5 points of the request.
+        @Test func realModelCompressEvalExport() throws {
+            try RealFixtures.require(RealFixtures.modelPath)
+            try RealFixtures.require(RealFixtures.wikiPath)
+            let cli = CLI()
+            let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-real-\(getpid())").path
+            try? FileManager.default.removeItem(atPath: tmp)
+            let out = tmp + "/bs", dense = tmp + "/dense"
+            let c = try cli.sheaf(["compress", RealFixtures.modelPath, "--out", out, "--ratio", "0.2", "--calib-windows", "8",
+                                   "--calib-len", "256", "--no-cache", "--json"])
+            #expect(c.status == 0, "\(c.stderr)")
+            let report = try JSONSerialization.jsonObject(with: Data(c.stdout.utf8)) as? [String: Any]
+            let manifest = report?["manifest"] as? [String: Any]
+            let achieved = manifest?["achievedRatio"] as? Double ?? 0
+            #expect(abs(achieved - 0.2) < 0.005, "achieved ratio \(achieved)")
+            #expect((manifest?["groups"] as? [Any])?.count == 5 * 15 + 2 * 30)
+            #expect(c.stderr.contains("ETA"))
+
+            func ppl(_ model: String) throws -> Double {
+                let r = try cli.sheaf(["eval", model, "--text", RealFixtures.wikiPath, "--ctx", "1024", "--windows", "1", "--json"])
+                #expect(r.status == 0, "\(r.stderr)")
+                return (try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["perplexity"] as? Double ?? .nan
+            }
+            let compressed = try ppl(out)
+            // Dense is ≈ 20 on this window; r = 0.2 with a tiny calibration costs a lot, but not everything.
+            #expect(compressed > 21 && compressed < 5000, "compressed perplexity \(compressed)")
+            let e = try cli.sheaf(["export", out, "--out", dense])
+            #expect(e.status == 0, "\(e.stderr)")
+            let exported = try ppl(dense)
+            #expect(abs(exported - compressed) / compressed < 1e-4, "exported \(exported), compressed \(compressed)")
+            let g = try cli.sheaf(["generate", out, "--prompt", "The capital of France is", "--max-tokens", "4"])
+            #expect(g.status == 0, "\(g.stderr)")
+            try? FileManager.default.removeItem(atPath: tmp)
+        }
+
+        /// Bad input through the CLI: one line, non-zero exit, nothing written to --out.
+        @Test func cliRefusesBadInput() throws {
+            let cli = CLI()
+            let model = try TinyModel.write(seed: 27)
+            let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-bad-\(getpid())").path
+            try? FileManager.default.removeItem(atPath: tmp)
+            try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: true)
+            let short = tmp + "/short.txt"
+            try "a few words".write(toFile: short, atomically: true, encoding: .utf8)
+            let out = tmp + "/out"
+            let cases: [([String], Int32, String)] = [
+                (["--share", "q,attn"], 2, "--share: 'attn' is not a linear layer"),
+                (["--ratio", "1.5"], 1, "--ratio must be in (0, 1)"),
+                (["--group-size", "5"], 1, "--group-size must be between 1 and the model's 2 layers"),
+                (["--method", "magic"], 2, "--method must be one of basis-sharing, svd-llm, svd"),
+                (["--rank", "q=0"], 1, "--rank q_proj=0 is outside"),
+            ]
+            for (extra, status, message) in cases {
+                let r = try cli.sheaf(["compress", model, "--out", out, "--calib", short, "--no-cache"] + extra)
+                #expect(r.status == status && r.stderr.contains(message), "\(extra): \(r.status) \(r.stderr)")
+                #expect(r.stderr.split(separator: "\n").count == 1, "\(extra): \(r.stderr)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: out))
+            // The tiny model has no tokenizer: a too-short text is caught by the real one below.
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let exists = try cli.sheaf(["compress", model, "--out", out, "--no-cache"])
+            #expect(exists.status == 1 && exists.stderr.contains("output folder exists (pass --force to replace it)"), "\(exists.stderr)")
+            try RealFixtures.require(RealFixtures.modelPath)
+            let tooShort = try cli.sheaf(["compress", RealFixtures.modelPath, "--out", tmp + "/real", "--calib", short, "--no-cache"])
+            #expect(tooShort.status == 1 && tooShort.stderr.contains("fewer than one window of 512"), "\(tooShort.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: tmp + "/real"))
+            let notCompressed = try cli.sheaf(["export", model, "--out", tmp + "/x"])
+            #expect(notCompressed.status == 1 && notCompressed.stderr.contains("not a Sheaf compressed checkpoint"), "\(notCompressed.stderr)")
+            try? FileManager.default.removeItem(atPath: tmp)
+        }
+    }
+}
