@@ -203,6 +203,7 @@ public enum Compressor {
     ) throws(SheafError) -> Int {
         let c = files.config
         var bases: [Int: MatrixView] = [:]
+        let scratch = Scratch(on: backend)
         for (index, g) in groups.enumerated() { bases[index] = try backend.upload(g.basisT.transposed, label: "\(g.type.rawValue) basis") }
         var byModule: [String: (group: Int, position: Int)] = [:]
         for (index, g) in groups.enumerated() { for (p, l) in g.layers.enumerated() { byModule[g.type.module(layer: l)] = (index, p) } }
@@ -219,7 +220,7 @@ public enum Compressor {
                     let bias = g.type.hasBias(c) ? try loader.hostValues(module + ".bias", shape: [g.type.shape(c).dOut]) : nil
                     return try LowRankLinear(
                         basis: bases[index]!, coefficientsT: g.coefficientsT[p].values, outputSize: g.type.shape(c).dOut, bias: bias,
-                        on: backend, name: module)
+                        scratch: scratch, on: backend, name: module)
                 })
             },
             onLayer: { (i, grams) throws(SheafError) in
@@ -241,4 +242,5 @@ public enum Compressor {
     }
 }
 
+/// "12.3": seconds and sizes in progress lines.
 func fixed(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }

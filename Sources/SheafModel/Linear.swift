@@ -69,14 +69,14 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
     let bias: MatrixView?
     /// Whether `basis` is counted in this layer's parameters (the first layer of its group).
     let ownsBasis: Bool
-    /// (rows, rank) scratch for x·B, grown on demand. Layers run one at a time, so one per layer.
-    private var scratch: MatrixView?
+    /// Holds x·B between the two products; shared by every factored layer of a model.
+    let scratch: Scratch
 
     /// `basis`: B on the backend (inputSize, rank). `coefficientsT`: Cᵀ as (outputSize, rank)
     /// row-major, PyTorch orientation (the second nn.Linear's weight).
     public init(
         basis: MatrixView, coefficientsT: [Float], outputSize: Int, bias: [Float]? = nil, ownsBasis: Bool = true,
-        on backend: any Backend, name: String
+        scratch: Scratch, on backend: any Backend, name: String
     ) throws(SheafError) {
         let (inputSize, rank) = (basis.rows, basis.cols)
         guard coefficientsT.count == outputSize * rank, bias == nil || bias!.count == outputSize else {
@@ -88,6 +88,7 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
         self.backend = backend
         self.basis = basis
         self.ownsBasis = ownsBasis
+        self.scratch = scratch
         let c = try Matrix(rows: outputSize, cols: rank, values: coefficientsT).transposed
         coefficients = try backend.upload(c, label: name + " coefficients")
         self.bias = try bias.map { (b) throws(SheafError) in try MatrixView(backend.upload(b, label: name + " bias"), rows: 1, cols: outputSize) }
@@ -97,10 +98,24 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
     public var parameterCount: Int { (ownsBasis ? inputSize * rank : 0) + rank * outputSize + (bias == nil ? 0 : outputSize) }
 
     public func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
-        if scratch == nil || scratch!.rows < x.rows { scratch = try backend.zeros(.float32, rows: x.rows, cols: rank) }
-        let t = try MatrixView(scratch!.buffer, rows: x.rows, cols: rank)
+        let t = try scratch.view(rows: x.rows, cols: rank)
         try backend.gemm(x, transposeA: false, basis, transposeB: false, into: t, alpha: 1, beta: 0)
         try backend.gemm(t, transposeA: false, coefficients, transposeB: false, into: y, alpha: 1, beta: 0)
         if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
+    }
+}
+
+/// A float32 work buffer on a backend, grown on demand and handed out as a (rows, cols) view.
+/// The layers of a model run one at a time (and a backend's queue runs in order), so all the
+/// factored layers of a model share one instead of each keeping (tokens, rank) floats.
+public final class Scratch: @unchecked Sendable {
+    let backend: any Backend
+    private var buffer: DeviceBuffer?
+
+    public init(on backend: any Backend) { self.backend = backend }
+
+    func view(rows: Int, cols: Int) throws(SheafError) -> MatrixView {
+        if buffer == nil || buffer!.count < rows * cols { buffer = try backend.makeBuffer(.float32, count: rows * cols) }
+        return try MatrixView(buffer!, rows: rows, cols: cols)
     }
 }

@@ -16,6 +16,7 @@ public struct WeightLoader: Sendable {
 
     final class BasisCache: @unchecked Sendable {
         var views: [String: MatrixView] = [:]
+        var scratch: Scratch?
     }
 
     public init(files: ModelFiles, backend: any Backend) {
@@ -58,9 +59,10 @@ public struct WeightLoader: Sendable {
                 bases.views[basisName] = try backend.upload(stored.transposed, label: basisName)
                 owns = true
             }
+            if bases.scratch == nil { bases.scratch = Scratch(on: backend) }
             return try LowRankLinear(
                 basis: bases.views[basisName]!, coefficientsT: try values(name + ".coefficients", [outSize, rank]),
-                outputSize: outSize, bias: b, ownsBasis: owns, on: backend, name: name)
+                outputSize: outSize, bias: b, ownsBasis: owns, scratch: bases.scratch!, on: backend, name: name)
         }
         return try DenseLinear(
             weight: try values(name + ".weight", [outSize, inSize]), outputSize: outSize, inputSize: inSize, bias: b,
