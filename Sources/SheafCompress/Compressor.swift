@@ -106,6 +106,8 @@ public struct CompressionResult: Sendable {
     /// Every group, in plan order (type, then first layer).
     public var groups: [FactoredGroup]
     public var gramsFromCache: Bool
+    /// The source's checksum when the cache computed it (nil without a cache).
+    public var sourceChecksum: String?
     public var refitRidges: Int
     /// Seconds per phase: "calibration", "factorization", "refit".
     public var seconds: [String: Double]
@@ -160,13 +162,27 @@ public enum Compressor {
         }
 
         var fromCache = false
-        let key = try cache.map { (_) throws(SheafError) in GramCache.key(modelChecksum: try files.checksum(), windows: windows) }
+        let checksum = try cache.map { (_) throws(SheafError) in try files.checksum() }
+        let key = checksum.map { GramCache.key(modelChecksum: $0, windows: windows) }
         if let cache, let key, cache.contains(key, layers: c.layerCount) {
-            fromCache = true
             progress("calibration Grams from the cache (\(cache.root)/\(key.prefix(12))…)")
-            for i in 0..<c.layerCount { try onLayer(i, try cache.read(key, layer: i)) }
-        } else {
-            let writer = try cache.flatMap { (cache) throws(SheafError) in try key.map { (k) throws(SheafError) in try cache.writer(k) } }
+            // A damaged entry is not fatal: read it whole first, and recalibrate if it fails.
+            do throws(SheafError) {
+                let layers = try (0..<c.layerCount).map { (i) throws(SheafError) in try cache.read(key, layer: i) }
+                fromCache = true
+                for (i, grams) in layers.enumerated() { try onLayer(i, grams) }
+            } catch where !fromCache {
+                progress("warning: the cached Grams cannot be read (\(error.description)); calibrating instead")
+            }
+        }
+        if !fromCache {
+            // The cache is an optimisation: if it cannot be written, calibrate without it.
+            var writer: GramCache.Writer?
+            if let cache, let key {
+                do throws(SheafError) { writer = try cache.writer(key) } catch {
+                    progress("warning: not caching the Grams: \(error.description)")
+                }
+            }
             do throws(SheafError) {
                 _ = try Calibration.collectGrams(files: files, backend: backend, windows: windows, keep: false, onLayer: { (i, grams) throws(SheafError) in
                     let host = try grams.download()
@@ -189,14 +205,17 @@ public enum Compressor {
             refitSeconds = monotonicSeconds() - r0
         }
         return CompressionResult(
-            options: options, groups: groups, gramsFromCache: fromCache, refitRidges: ridges,
+            options: options, groups: groups, gramsFromCache: fromCache, sourceChecksum: checksum, refitRidges: ridges,
             seconds: ["calibration": calibrationSeconds, "factorization": factorSeconds, "refit": refitSeconds])
     }
 
     /// Basis Sharing's coefficient refit: runs the calibration windows through the compressed
     /// model (one layer at a time, as calibration does) and, per layer, solves each matrix's
     /// coefficients by least squares on the Gram of the inputs that model feeds it, with the
-    /// basis fixed. Returns how many solves needed a ridge.
+    /// basis fixed. One pass, as the reference implementation does: the inputs are those of the
+    /// compressed model *before* refit (layer i + 1 sees layer i unrefitted, and o and down see
+    /// their own block's unrefitted q, k, v, gate, up), so the saved model's inputs differ
+    /// slightly from those the refit fitted. Returns how many solves needed a ridge.
     static func refit(
         _ groups: inout [FactoredGroup], files: ModelFiles, loader: WeightLoader, backend: any Backend, windows: [[Int32]],
         weight: (MatrixType, Int) throws(SheafError) -> Matrix<Float>, progress: (String) -> Void
@@ -227,10 +246,11 @@ public enum Compressor {
                 let host = try grams.download()
                 for t in MatrixType.allCases {
                     guard let (index, p) = byModule[t.module(layer: i)] else { continue }
-                    let solved = try WhitenedSVD.refitCoefficients(basisT: groups[index].basisT, weight: try weight(t, i), gram: host[t.input]!)
+                    let w = try weight(t, i)
+                    let solved = try WhitenedSVD.refitCoefficients(basisT: groups[index].basisT, weight: w, gram: host[t.input]!)
                     groups[index].coefficientsT[p] = solved.coefficientsT
                     if solved.ridge { ridges += 1 }
-                    let (num, den) = try WhitenedSVD.errorTerms(groups[index], position: p, weight: try weight(t, i), gram: host[t.input]!)
+                    let (num, den) = try WhitenedSVD.errorTerms(groups[index], position: p, weight: w, gram: host[t.input]!)
                     errorTerms[index].0 += num
                     errorTerms[index].1 += den
                     if p == groups[index].layers.count - 1 { groups[index].refitError = errorTerms[index].1 > 0 ? errorTerms[index].0 / errorTerms[index].1 : 0 }

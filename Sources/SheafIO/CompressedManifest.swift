@@ -19,7 +19,8 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
         public var rank: Int
         /// Name of the basis tensor, (rank, inputs).
         public var basis: String
-        /// Whitened energy kept: Σ_{j<rank} σ_j² / Σ σ_j² (1 for plain SVD's unwhitened energy).
+        /// Energy kept: Σ_{j<rank} σ_j² / Σ σ_j² of the whitened stack (of the plain weights for
+        /// the unwhitened `svd` method).
         public var energy: Double
         /// Calibration-weighted reconstruction error Σ_i ‖X_i(W_i − B·C_i)ᵀ‖² / Σ_i ‖X_i W_iᵀ‖²
         /// over the group's layers, with the dense model's calibration inputs.
@@ -114,6 +115,9 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
         let e = JSONEncoder(), d = JSONDecoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         e.keyEncodingStrategy = .convertToSnakeCase
+        // An infinite error must not lose a finished run at the last step.
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        d.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         d.keyDecodingStrategy = .convertFromSnakeCase
         return (e, d)
     }

@@ -6,7 +6,7 @@ import SheafEval
 import SheafIO
 import SheafModel
 
-let methodList = CompressionMethod.allCases.map { pad($0.rawValue, 14) + " " + $0.summary }.joined(separator: "\n      ")
+let methodList = CompressionMethod.allCases.map { "  " + pad($0.rawValue, 14) + " " + $0.summary }.joined(separator: "\n")
 
 let compressHelp = """
     USAGE: sheaf compress MODEL --out DIR [--method basis-sharing|svd-llm|svd] [--ratio R]
@@ -33,7 +33,7 @@ let compressHelp = """
     --protocol S|P   calibration size of BENCHMARK.md (S: 128 windows of 512 tokens, P: 256 of
                      2048); --calib-windows and --calib-len override it.
     --refit MODE     refit the coefficients by least squares on the inputs the compressed model
-                     sees (a second calibration pass); auto (default) = on for R ≥ 0.4.
+                     (before refit) sees: a second calibration pass; auto (default) = on for R ≥ 0.4.
     --no-cache       do not read or write the calibration Gram cache ($SHEAF_CACHE/grams, else
                      ~/.cache/sheaf/grams), keyed by the model's checksum and the calibration windows.
     --eval           evaluate the result under Protocol S (WikiText-2 test, 32 × 2048 tokens).
@@ -141,6 +141,11 @@ enum CompressCommand {
         let windows = try CalibrationWindows.windows(tokenizer.encode(text), count: count, length: length)
         let backend = try BackendSelection.make(try Env.backendChoice(a.value("backend")), options: try Env.backendOptions())
         let cache = a.flag("no-cache") ? nil : GramCache(root: cacheRoot())
+        // --eval's text is found now, not after the long work.
+        let evalTextPath = a.flag("eval") ? try EvalCommand.defaultText() : nil
+        if a.flag("eval") && files.config.maxPositions < EvalProtocol.S.context {
+            throw UsageError(description: "--eval needs a context of \(EvalProtocol.S.context) tokens; the model has \(files.config.maxPositions)")
+        }
         note("compress: \(options.method.rawValue), ratio \(options.ratio), group size \(options.effectiveGroupSize), "
             + "\(count) calibration windows of \(length) tokens on \(backend.kind.rawValue) (\(backend.deviceName))")
         let loadSeconds = monotonicSeconds() - t0
@@ -156,16 +161,16 @@ enum CompressCommand {
                 protocolName: a.value("calib-windows") == nil && a.value("calib-len") == nil ? proto.rawValue : nil, windows: count,
                 length: length, files: calibFiles.sorted().map { ($0 as NSString).lastPathComponent },
                 textChecksum: SHA256.hex(textHash.finalize())),
-            sourceChecksum: try files.checksum())
+            sourceChecksum: try result.sourceChecksum ?? files.checksum())
         let manifest = try CompressedCheckpoint.write(
             result, source: files, provenance: provenance, to: out, replace: a.flag("force"), progress: { note("compress: " + $0) })
         let writeSeconds = monotonicSeconds() - w0
         note("compress: wrote \(out)")
 
         var evaluation: PerplexityResult?
-        if a.flag("eval") {
+        if let evalTextPath {
             let compressed = try ModelFiles.open(out)
-            let evalText = try String(contentsOfFile: try EvalCommand.defaultText(), encoding: .utf8)
+            let evalText = try String(contentsOfFile: evalTextPath, encoding: .utf8)
             let evalWindows = try Perplexity.windows(tokenizer.encode(evalText), context: EvalProtocol.S.context, count: EvalProtocol.S.windows)
             let model = try LlamaModel(files: compressed, backend: backend)
             evaluation = try Perplexity.evaluate(model, windows: evalWindows) { done, total, seconds in

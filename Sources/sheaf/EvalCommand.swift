@@ -9,7 +9,8 @@ let evalHelp = """
     USAGE: sheaf eval MODEL [--text FILE] [--ctx N] [--windows N|all] [--protocol S|P]
                             [--backend auto|cpu|opencl] [--json]
 
-    Perplexity of MODEL (a HuggingFace folder or a GGUF file, run in float32) on non-overlapping
+    Perplexity of MODEL (a HuggingFace folder, a GGUF file or a Sheaf compressed checkpoint, whose
+    factored layers run as two low-rank products; float32) on non-overlapping
     windows of the text, each scored independently: exp(mean NLL) over every prediction.
     Protocol S (default): the first 32 windows of 2048 tokens of WikiText-2 test; Protocol P:
     all complete windows. --ctx and --windows override the protocol's. The text defaults to
@@ -82,7 +83,7 @@ let generateHelp = """
     USAGE: sheaf generate MODEL --prompt TEXT [--max-tokens N] [--backend auto|cpu|opencl]
 
     Greedy decoding with a KV cache, printing the text as it comes: a quick check that a
-    model (dense or, later, compressed) still speaks. Stops at N new tokens (default 64) or
+    model (dense, or a Sheaf compressed checkpoint) still speaks. Stops at N new tokens (default 64) or
     the end-of-sequence token.
     """
 

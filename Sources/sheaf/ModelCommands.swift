@@ -47,6 +47,7 @@ enum ModelCommands {
     static func group(of name: String) -> String {
         if name.contains("embed_tokens") { return "embedding" }
         if name.hasPrefix("lm_head") { return "head" }
+        if name.hasPrefix("sheaf.bases.") { return "bases" }  // a compressed checkpoint's shared bases
         if name.contains("self_attn.") { return "attention" }
         if name.contains("mlp.") { return "mlp" }
         return "norms"
@@ -66,11 +67,11 @@ enum ModelCommands {
             groups[g, default: (0, 0)].1 += 1
             tensors.append(.init(name: name, shape: info.shape, type: info.type))
         }
-        let order = ["embedding", "attention", "mlp", "norms", "head"]
+        let order = ["embedding", "attention", "mlp", "bases", "norms", "head"]
         let report = InspectReport(
             path: model.path, format: model.format.rawValue, config: model.config, fileBytes: model.fileBytes, types: types,
             groups: order.compactMap { g in groups[g].map { .init(name: g, parameters: $0.0, tensors: $0.1) } },
-            totalParameters: groups.values.reduce(0) { $0 + $1.0 }, linearParameters: model.config.linearParameterCount,
+            totalParameters: groups.values.reduce(0) { $0 + $1.0 }, linearParameters: model.manifest?.storedLinearParameters ?? model.config.linearParameterCount,
             tensors: tensors)
         if a.flag("json") {
             try printJSON(report)
@@ -106,6 +107,9 @@ enum ModelCommands {
         case let other: throw UsageError(description: "--dtype must be f32, f16 or bf16, got '\(other)'")
         }
         let model = try ModelFiles.open(a.positionals[0])
+        guard model.manifest == nil else {
+            throw UsageError(description: "\(model.path) is a Sheaf compressed checkpoint: 'sheaf export' writes it as a dense HuggingFace folder")
+        }
         try HFExport.write(model, to: out, dtype: dtype, replace: a.flag("force"), progress: { note("convert: " + $0) })
         print("wrote \(out): \(model.tensorNames.count) tensors as \(dtype.rawValue), config.json, tokenizer.json, generation_config.json")
         return 0
