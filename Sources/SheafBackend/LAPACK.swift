@@ -28,20 +28,25 @@ public enum LAPACK {
 
     static func symmetricEigenvalues(_ a: Matrix<Double>, validated: Bool) throws(SheafError) -> [Double] {
         if !validated { try SymmetricInput.validate(a, op: "symmetricEigenvalues") }
+        return try syevd(a, vectors: false).values
+    }
+
+    /// dsyevd with its workspace query: eigenvalues ascending and, with `vectors`, LAPACK's
+    /// column-major eigenvector matrix (row i read row-major is the eigenvector of value i).
+    private static func syevd(_ a: Matrix<Double>, vectors: Bool) throws(SheafError) -> (values: [Double], z: [Double]) {
+        let jobz = vectors ? "V" : "N"
         var n = Int32(a.rows), lda = n, info: Int32 = 0
-        var work = a.values
+        var z = a.values
         var w = [Double](repeating: 0, count: a.rows)
-        var lwork: Int32 = -1, liwork: Int32 = -1
-        var workSize = 0.0
-        var iworkSize: Int32 = 0
-        dsyevd_("N", "U", &n, &work, &lda, &w, &workSize, &lwork, &iworkSize, &liwork, &info, 1, 1)
+        var lwork: Int32 = -1, liwork: Int32 = -1, workSize = 0.0, iworkSize: Int32 = 0
+        dsyevd_(jobz, "U", &n, &z, &lda, &w, &workSize, &lwork, &iworkSize, &liwork, &info, 1, 1)
         lwork = Int32(workSize)
         liwork = max(iworkSize, 1)
         var scratch = [Double](repeating: 0, count: Int(max(lwork, 1)))
         var iscratch = [Int32](repeating: 0, count: Int(liwork))
-        dsyevd_("N", "U", &n, &work, &lda, &w, &scratch, &lwork, &iscratch, &liwork, &info, 1, 1)
-        guard info == 0 else { throw .lapack(routine: "dsyevd", info: info, detail: "eigenvalues of \(a.shape)") }
-        return w
+        dsyevd_(jobz, "U", &n, &z, &lda, &w, &scratch, &lwork, &iscratch, &liwork, &info, 1, 1)
+        guard info == 0 else { throw .lapack(routine: "dsyevd", info: info, detail: "eigen\(vectors ? "vectors" : "values") of \(a.shape)") }
+        return (w, z)
     }
 
     /// The lower factor, or nil when the matrix is not positive definite (dpotrf info > 0).
@@ -118,17 +123,7 @@ public enum LAPACK {
     /// `vectors` is the unit eigenvector of `values[i]` (LAPACK's column-major Z read row-major).
     public static func symmetricEigen(_ a: Matrix<Double>) throws(SheafError) -> (values: [Double], vectors: Matrix<Double>) {
         try SymmetricInput.validate(a, op: "symmetricEigen")
-        var n = Int32(a.rows), lda = n, info: Int32 = 0
-        var z = a.values
-        var w = [Double](repeating: 0, count: a.rows)
-        var lwork: Int32 = -1, liwork: Int32 = -1, workSize = 0.0, iworkSize: Int32 = 0
-        dsyevd_("V", "U", &n, &z, &lda, &w, &workSize, &lwork, &iworkSize, &liwork, &info, 1, 1)
-        lwork = Int32(workSize)
-        liwork = max(iworkSize, 1)
-        var scratch = [Double](repeating: 0, count: Int(max(lwork, 1)))
-        var iscratch = [Int32](repeating: 0, count: Int(liwork))
-        dsyevd_("V", "U", &n, &z, &lda, &w, &scratch, &lwork, &iscratch, &liwork, &info, 1, 1)
-        guard info == 0 else { throw .lapack(routine: "dsyevd", info: info, detail: "eigenvectors of \(a.shape)") }
+        let (w, z) = try syevd(a, vectors: true)
         return (w, Matrix(unchecked: a.rows, a.cols, z))
     }
 
