@@ -5,8 +5,9 @@
 //   staged in local memory; one output per work-item.
 //   NDRange: global (ceil(n/WT)*WT, ceil(m/WT)*WT), local (WT, WT).
 // lower_solve_right: Y <- Y * L^-1 in place (Y m x n, double), by back substitution on each
-//   row: z_j = (y_j - sum_{p>j} z_p L[p, j]) / L[j, j], last column first. One work-item per
-//   row; the work-items of a group read the same L element at each step (a broadcast).
+//   row: z_j = (y_j - sum_{p>j} z_p L[p, j]) / L[j, j], last column first, each z_j's terms
+//   subtracted from the columns left of it as soon as it is known. One work-item per row; the
+//   work-items of a group read the same L element at each step (a broadcast).
 //   NDRange: global (m).
 
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
@@ -45,9 +46,14 @@ __kernel void lower_solve_right(const int m, const int n,
     if (r >= m) return;
     __global double *row = y + offY + r * ldy;
     l += offL;
+    // Right-looking: once z_j is final, remove its share from the columns left of it. This
+    // reads row j of L front to back (contiguous; the same element in every work-item at
+    // once) instead of walking a column of L with stride ldl, which missed cache on every
+    // step for n in the thousands.
     for (int j = n - 1; j >= 0; --j) {
-        double sum = row[j];
-        for (int p = j + 1; p < n; ++p) sum -= row[p] * l[p * ldl + j];
-        row[j] = sum / l[j * ldl + j];
+        const double z = row[j] / l[j * ldl + j];
+        row[j] = z;
+        __global const double *lj = l + j * ldl;
+        for (int p = 0; p < j; ++p) row[p] -= z * lj[p];
     }
 }
