@@ -109,11 +109,8 @@ public struct CompressionResult: Sendable {
     /// The source's checksum when the cache computed it (nil without a cache).
     public var sourceChecksum: String?
     public var refitRidges: Int
-    /// Seconds per phase: "calibration", "factorization" (summed over the groups), "factorization
-    /// wait" (after calibration, for the last groups), "refit".
+    /// Seconds per phase: "calibration", "factorization", "refit".
     public var seconds: [String: Double]
-    /// Whether the groups were factored on a second thread during calibration (cpu backend).
-    public var factorizationOverlapped: Bool
     public var whiteningFallbacks: Int { groups.filter(\.whiteningFallback).count }
 
     /// Stored linear parameters: each basis once, every layer's coefficients.
@@ -136,31 +133,32 @@ public enum Compressor {
         }
         let plan = try CompressionPlan(config: c, options: options)
         let loader = WeightLoader(files: files, backend: backend)
-        let jobs = FactorJobs(background: backend.kind == .cpu)
+        var factored: [Int: FactoredGroup] = [:]  // plan index → factors
         var pending: [Int: [LayerGrams.Input: Matrix<Double>]] = [:]
+        var factorSeconds = 0.0
         let t0 = monotonicSeconds()
 
-        let weight: @Sendable (MatrixType, Int) throws(SheafError) -> Matrix<Float> = { (t, layer) throws(SheafError) in
+        func weight(_ t: MatrixType, _ layer: Int) throws(SheafError) -> Matrix<Float> {
             let (dOut, dIn) = t.shape(c)
             return try Matrix(rows: dOut, cols: dIn, values: try loader.hostValues(t.module(layer: layer) + ".weight", shape: [dOut, dIn]))
         }
 
-        // Layer i's Grams are in: factor every group that ends at i (on the cpu backend, on a
-        // second thread while calibration goes on), then drop the Grams no group still needs.
+        // Layer i's Grams are in: factor every group that ends at i, then drop the Grams no
+        // group still needs.
         func onLayer(_ i: Int, _ grams: [LayerGrams.Input: Matrix<Double>]) throws(SheafError) {
+            let start = monotonicSeconds()
             pending[i] = grams
             for (index, g) in plan.groups.enumerated() where g.layers.last == i {
-                let groupGrams = g.layers.map { pending[$0]![g.type.input]! }
-                let (whiten, epsilon) = (options.method.whitened, options.epsilon)
-                try jobs.submit(index) { () throws(SheafError) in
-                    try WhitenedSVD.factor(
-                        type: g.type, layers: g.layers, weights: try g.layers.map { (l) throws(SheafError) in try weight(g.type, l) },
-                        grams: groupGrams, rank: g.rank, whiten: whiten, epsilon: epsilon, backend: backend)
-                }
+                let result = try WhitenedSVD.factor(
+                    type: g.type, layers: g.layers, weights: try g.layers.map { (l) throws(SheafError) in try weight(g.type, l) },
+                    grams: g.layers.map { pending[$0]![g.type.input]! }, rank: g.rank, whiten: options.method.whitened,
+                    epsilon: options.epsilon, backend: backend)
+                factored[index] = result
             }
             for j in pending.keys where MatrixType.allCases.allSatisfy({ plan.groupEnd($0, layer: j) <= i }) { pending[j] = nil }
+            factorSeconds += monotonicSeconds() - start
             let elapsed = monotonicSeconds() - t0
-            progress("layer \(i + 1)/\(c.layerCount) calibrated" + (jobs.background ? "" : " and factored") + ", \(fixed(elapsed)) s, ETA \(fixed(elapsed / Double(i + 1) * Double(c.layerCount - i - 1))) s")
+            progress("layer \(i + 1)/\(c.layerCount) calibrated and factored, \(fixed(elapsed)) s, ETA \(fixed(elapsed / Double(i + 1) * Double(c.layerCount - i - 1))) s")
         }
 
         var fromCache = false
@@ -197,11 +195,7 @@ public enum Compressor {
                 throw error
             }
         }
-        let calibrated = monotonicSeconds()
-        let factored = try jobs.finish()
-        let factorSeconds = jobs.busySeconds, waitSeconds = monotonicSeconds() - calibrated
-        // Inline factoring is not calibration; overlapped factoring runs beside it.
-        let calibrationSeconds = calibrated - t0 - (jobs.background ? 0 : factorSeconds)
+        let calibrationSeconds = monotonicSeconds() - t0 - factorSeconds
         var groups = plan.groups.indices.map { factored[$0]! }
 
         var ridges = 0, refitSeconds = 0.0
@@ -212,8 +206,7 @@ public enum Compressor {
         }
         return CompressionResult(
             options: options, groups: groups, gramsFromCache: fromCache, sourceChecksum: checksum, refitRidges: ridges,
-            seconds: ["calibration": calibrationSeconds, "factorization": factorSeconds, "factorization wait": waitSeconds, "refit": refitSeconds],
-            factorizationOverlapped: jobs.background)
+            seconds: ["calibration": calibrationSeconds, "factorization": factorSeconds, "refit": refitSeconds])
     }
 
     /// Basis Sharing's coefficient refit: runs the calibration windows through the compressed
@@ -225,7 +218,7 @@ public enum Compressor {
     /// slightly from those the refit fitted. Returns how many solves needed a ridge.
     static func refit(
         _ groups: inout [FactoredGroup], files: ModelFiles, loader: WeightLoader, backend: any Backend, windows: [[Int32]],
-        weight: @Sendable (MatrixType, Int) throws(SheafError) -> Matrix<Float>, progress: (String) -> Void
+        weight: (MatrixType, Int) throws(SheafError) -> Matrix<Float>, progress: (String) -> Void
     ) throws(SheafError) -> Int {
         let c = files.config
         var bases: [Int: MatrixView] = [:]
@@ -266,56 +259,6 @@ public enum Compressor {
                 progress("refit: layer \(i + 1)/\(c.layerCount), \(fixed(elapsed)) s, ETA \(fixed(elapsed / Double(i + 1) * Double(c.layerCount - i - 1))) s")
             })
         return ridges
-    }
-}
-
-/// Factors groups on a serial background queue while calibration goes on, or inline. Only the
-/// cpu backend is used from two threads (its ops hold no shared state but the Gram scratch,
-/// which has a lock); an OpenCL queue and its kernel arguments are not shared across threads.
-final class FactorJobs: @unchecked Sendable {
-    let background: Bool
-    private let lock = NSLock()
-    private let queue = DispatchQueue(label: "sheaf.factor")
-    private let group = DispatchGroup()
-    private var results: [Int: FactoredGroup] = [:]
-    private var failure: SheafError?
-    private var busy = 0.0
-
-    init(background: Bool) { self.background = background }
-
-    /// Seconds spent factoring, summed over the groups.
-    var busySeconds: Double { lock.withLock { busy } }
-
-    /// Runs `work` for plan group `index`; throws a failure of an earlier job, so a bad group
-    /// stops calibration at the next layer rather than at the end.
-    func submit(_ index: Int, _ work: @escaping @Sendable () throws(SheafError) -> FactoredGroup) throws(SheafError) {
-        try check()
-        let run: @Sendable () -> Void = { [self] in
-            if lock.withLock({ failure != nil }) { return }
-            let start = monotonicSeconds()
-            do throws(SheafError) {
-                let r = try work()
-                lock.withLock {
-                    results[index] = r
-                    busy += monotonicSeconds() - start
-                }
-            } catch {
-                lock.withLock { if failure == nil { failure = error } }
-            }
-        }
-        if background { queue.async(group: group, execute: run) } else { run() }
-        try check()
-    }
-
-    func check() throws(SheafError) {
-        if let f = lock.withLock({ failure }) { throw f }
-    }
-
-    /// Waits for every job; the results by plan index.
-    func finish() throws(SheafError) -> [Int: FactoredGroup] {
-        group.wait()
-        try check()
-        return lock.withLock { results }
     }
 }
 

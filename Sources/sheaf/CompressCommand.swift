@@ -184,7 +184,6 @@ enum CompressCommand {
         seconds["total"] = monotonicSeconds() - t0
         let report = Report(
             manifest: manifest, seconds: seconds, gramsFromCache: result.gramsFromCache, refitRidges: result.refitRidges,
-            factorizationOverlapped: result.factorizationOverlapped,
             calibrationTokensPerSecond: result.gramsFromCache ? nil : Double(count * length) / (result.seconds["calibration"] ?? 1),
             peakResidentBytes: peakResidentBytes(), evaluation: evaluation)
         if a.flag("json") { try printJSON(report) } else { report.print() }
@@ -196,7 +195,6 @@ enum CompressCommand {
         var seconds: [String: Double]
         var gramsFromCache: Bool
         var refitRidges: Int
-        var factorizationOverlapped: Bool
         var calibrationTokensPerSecond: Double?
         var peakResidentBytes: Int?
         var evaluation: PerplexityResult?
@@ -216,7 +214,7 @@ enum CompressCommand {
             Swift.print("linear parameters: \(m.denseLinearParameters) -> \(m.storedLinearParameters); ratio requested "
                 + "\(m.requestedRatio), achieved \(String(format: "%.4f", m.achievedRatio)); whitening fallbacks \(m.whiteningFallbacks)"
                 + (refit ? ", refit ridges \(refitRidges)" : ""))
-            let phases = ["load", "calibration", "factorization", "factorization wait", "refit", "write", "evaluation", "total"]
+            let phases = ["load", "calibration", "factorization", "refit", "write", "evaluation", "total"]
             let times: [String] = phases.compactMap { p in seconds[p].map { "\(p) \(fixed($0)) s" } }
             var source = ""
             if gramsFromCache { source = " (Grams from the cache)" } else if let rate = calibrationTokensPerSecond {
@@ -224,7 +222,6 @@ enum CompressCommand {
             }
             let peak = peakResidentBytes.map { "\(fixed(Double($0) / 1e9, 2)) GB" } ?? "unknown"
             Swift.print("time: " + times.joined(separator: ", ") + source + "; peak memory " + peak)
-            if factorizationOverlapped { Swift.print("(factorization ran on a second thread during calibration)") }
             if let e = evaluation {
                 Swift.print("perplexity \(String(format: "%.4f", e.perplexity)) (Protocol S, mean NLL \(String(format: "%.6f", e.meanNLL)), "
                     + "\(fixed(e.tokensPerSecond)) tokens/s)")
