@@ -149,18 +149,7 @@ enum CalibrateCommand {
 
     static func run(_ args: [String]) throws -> Int32 {
         // --calib may repeat: collect its values before the generic parser sees the rest.
-        var rest: [String] = [], calib: [String] = []
-        var it = args.makeIterator()
-        while let arg = it.next() {
-            if arg == "--calib" {
-                guard let v = it.next() else { throw UsageError(description: "--calib needs a file") }
-                calib.append(v)
-            } else if arg.hasPrefix("--calib=") {
-                calib.append(String(arg.dropFirst("--calib=".count)))
-            } else {
-                rest.append(arg)
-            }
-        }
+        let (rest, calib) = try extractRepeated("calib", from: args)
         let a = try Arguments(rest, options: ["protocol", "calib-windows", "calib-len", "backend"], flags: ["json", "help"])
         if a.flag("help") { print(calibrateHelp); return 0 }
         guard a.positionals.count == 1 else { throw UsageError(description: "calibrate takes one MODEL (a folder or a .gguf file)") }
