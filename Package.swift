@@ -3,6 +3,16 @@
 // No Swift package dependencies: the toolchain plus system C libraries (OpenCL, OpenBLAS).
 import PackageDescription
 
+// The CPU backend's vector loops (SheafCPUKernels) are compiled for AVX2 + FMA on x86-64: without
+// them Swift's SIMD8 arithmetic is SSE with a libm call per lane for each fused multiply-add. The
+// backend runs them only after checking the CPU (CPUFeatures), so the binary still runs on older
+// x86-64 CPUs, on the portable loops. arm64 has NEON in every CPU and needs no flags.
+#if arch(x86_64)
+let vectorFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma"])]
+#else
+let vectorFlags: [SwiftSetting] = []
+#endif
+
 let package = Package(
     name: "Sheaf",
     products: [
@@ -19,7 +29,9 @@ let package = Package(
             cSettings: [.unsafeFlags(["-std=c23"])]
         ),
         .target(name: "SheafCore"),
-        .target(name: "SheafBackend", dependencies: ["SheafCore", "COpenCL", "COpenBLAS", "CKernels"]),
+        // Float32 row loops on 8-lane vectors (exp, softmax, SiLU, log-sum-exp) for CPUBackend.
+        .target(name: "SheafCPUKernels", swiftSettings: vectorFlags),
+        .target(name: "SheafBackend", dependencies: ["SheafCore", "SheafCPUKernels", "COpenCL", "COpenBLAS", "CKernels"]),
         // safetensors and GGUF files, model configs, tokenizers.
         .target(name: "SheafIO", dependencies: ["SheafCore"]),
         // The Llama-family forward pass over linear-layer variants, on any backend.
@@ -34,7 +46,9 @@ let package = Package(
         // Also the forward-pass tests: they use backends, so they nest in the same serialized suite.
         .testTarget(
             name: "SheafBackendTests",
-            dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "SheafCompress", "sheaf"]),
+            dependencies: [
+                "SheafCore", "SheafCPUKernels", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "SheafCompress", "sheaf",
+            ]),
         .testTarget(name: "SheafIOTests", dependencies: ["SheafCore", "SheafIO"]),
     ]
 )

@@ -16,10 +16,23 @@ public enum ScalarType: String, Sendable {
 public protocol DeviceScalar: Sendable {
     static var scalarType: ScalarType { get }
     static var zero: Self { get }
+    /// Index of the first NaN or infinity in `values` (nil for integers). A requirement, so
+    /// generic callers dispatch to a loop compiled for the concrete type: `values as? [Float]`
+    /// in generic code casts element by element (tens of ns each, seconds for a model).
+    static func firstNonFinite(_ values: [Self]) -> Int?
 }
-extension Float: DeviceScalar { public static var scalarType: ScalarType { .float32 } }
-extension Double: DeviceScalar { public static var scalarType: ScalarType { .float64 } }
-extension Int32: DeviceScalar { public static var scalarType: ScalarType { .int32 } }
+extension Float: DeviceScalar {
+    public static var scalarType: ScalarType { .float32 }
+    public static func firstNonFinite(_ values: [Float]) -> Int? { values.firstIndex { !$0.isFinite } }
+}
+extension Double: DeviceScalar {
+    public static var scalarType: ScalarType { .float64 }
+    public static func firstNonFinite(_ values: [Double]) -> Int? { values.firstIndex { !$0.isFinite } }
+}
+extension Int32: DeviceScalar {
+    public static var scalarType: ScalarType { .int32 }
+    public static func firstNonFinite(_ values: [Int32]) -> Int? { nil }
+}
 
 public enum BackendKind: String, Sendable, CaseIterable {
     case cpu, opencl, reference
@@ -190,11 +203,8 @@ extension Backend {
     /// Uploads `values`; non-finite floats are refused with their index, so later ops see only
     /// finite inputs.
     public func upload<T: DeviceScalar>(_ values: [T], label: String = "input") throws(SheafError) -> DeviceBuffer {
-        if let floats = values as? [Float], let bad = floats.firstIndex(where: { !$0.isFinite }) {
-            throw .nonFinite(op: "upload", what: "\(label) at element \(bad) (\(floats[bad]))")
-        }
-        if let doubles = values as? [Double], let bad = doubles.firstIndex(where: { !$0.isFinite }) {
-            throw .nonFinite(op: "upload", what: "\(label) at element \(bad) (\(doubles[bad]))")
+        if let bad = T.firstNonFinite(values) {
+            throw .nonFinite(op: "upload", what: "\(label) at element \(bad) (\(values[bad]))")
         }
         return try withBytes(of: values) { (raw) throws(SheafError) in try uploadBytes(raw, as: T.scalarType) }
     }

@@ -6,21 +6,31 @@ import SheafCore
 public final class CPUBackend: HostMemoryBackend, @unchecked Sendable {
     public let kind = BackendKind.cpu
     public let threads: Int
+    /// Whether the forward pass's row loops run on SheafCPUKernels' vectors (AVX2 + FMA on
+    /// x86-64) rather than the portable scalar loops.
+    public let vectorKernels: Bool
+    /// cos/sin of RoPE angles per position, computed once per (head dim, theta), not per layer.
+    let ropeTables = RoPETables()
     /// Float32 chunk Gram, reused across `accumulateGram` calls.
     private var gramScratch: [Float] = []
     private let scratchLock = NSLock()
 
     /// `threads`: OpenBLAS threads (a process-wide OpenBLAS setting); nil keeps its default
-    /// (all cores).
-    public init(threads: Int? = nil) {
+    /// (all cores). `vectorKernels`: use the vector loops when this CPU can run them (false keeps
+    /// the portable loops everywhere, for parity checks).
+    public init(threads: Int? = nil, vectorKernels: Bool = true) {
         if let threads, threads > 0 { openblas_set_num_threads(Int32(threads)) }
         self.threads = Int(openblas_get_num_threads())
+        self.vectorKernels = vectorKernels && CPUFeatures.vectorKernels
     }
 
     public static var openBLASCore: String { String(cString: openblas_get_corename()) }
     public static var openBLASConfig: String { String(cString: openblas_get_config()) }
 
-    public var deviceName: String { "OpenBLAS \(Self.openBLASCore), \(threads) thread\(threads == 1 ? "" : "s")" }
+    public var deviceName: String {
+        "OpenBLAS \(Self.openBLASCore), \(threads) thread\(threads == 1 ? "" : "s"), "
+            + (vectorKernels ? "\(CPUFeatures.vectorISA) loops" : "portable loops")
+    }
 
     public func gemm(
         _ a: MatrixView, transposeA: Bool, _ b: MatrixView, transposeB: Bool, into c: MatrixView,
@@ -162,5 +172,63 @@ public final class CPUBackend: HostMemoryBackend, @unchecked Sendable {
             let row = p + i * points.rowStride, acc = s + c * sums.rowStride
             for j in 0..<d { acc[j] += Double(row[j]) }
         }
+    }
+}
+
+/// What the CPU offers SheafCPUKernels, which is compiled for AVX2 + FMA on x86-64.
+public enum CPUFeatures {
+    /// True when this CPU runs SheafCPUKernels: on x86-64 when /proc/cpuinfo lists avx2 and fma
+    /// (the kernel drops them there when the OS does not save the wide registers); on arm64 always.
+    public static let vectorKernels: Bool = {
+        #if arch(x86_64)
+        guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+            let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+        else { return false }
+        let names = Set(flags.split(separator: " "))
+        return names.contains("avx2") && names.contains("fma")
+        #else
+        return true
+        #endif
+    }()
+
+    #if arch(x86_64)
+    public static let vectorISA = "AVX2"
+    #else
+    public static let vectorISA = "NEON"
+    #endif
+}
+
+/// RoPE's cos(p·θ^(−2i/d)) and sin(…) for positions 0..<n, i < d/2: angles in Float64, each
+/// rounded once to float32 (row p at [p·d/2 ..< (p + 1)·d/2]). Grows with the longest sequence seen;
+/// 30 layers × 2 projections share one table instead of each taking 2·d/2 trig calls per token.
+final class RoPETables: @unchecked Sendable {
+    struct Table {
+        var headDim: Int
+        var theta: Double
+        var cosines: [Float] = [], sines: [Float] = []
+        var positions: Int { cosines.count / (headDim / 2) }
+    }
+    private var current: Table?
+    private let lock = NSLock()
+
+    func table(headDim: Int, theta: Double, positions: Int) -> Table {
+        lock.lock()
+        defer { lock.unlock() }
+        var t = current.flatMap { $0.headDim == headDim && $0.theta == theta ? $0 : nil } ?? Table(headDim: headDim, theta: theta)
+        let half = headDim / 2
+        if t.positions < positions {
+            let inverse = (0..<half).map { pow(theta, -2 * Double($0) / Double(headDim)) }
+            let start = t.positions
+            t.cosines.reserveCapacity(positions * half)
+            t.sines.reserveCapacity(positions * half)
+            for position in start..<positions {
+                for i in 0..<half {
+                    t.cosines.append(Float(cos(Double(position) * inverse[i])))
+                    t.sines.append(Float(sin(Double(position) * inverse[i])))
+                }
+            }
+        }
+        current = t
+        return t
     }
 }

@@ -1,5 +1,6 @@
 import COpenBLAS
 import Foundation
+import SheafCPUKernels
 import SheafCore
 
 /// The forward-pass ops on the CPU: attention through sgemm in query blocks (skipping the
@@ -31,23 +32,26 @@ extension CPUBackend {
         try Check.owner(self, [x], op: "rope")
         try Check.rope(x, headDim: headDim, positionOffset: positionOffset, theta: theta)
         let half = headDim / 2
-        // Inverse frequencies in Float64, then cos/sin per position: rounded once to float32.
-        let inverse = (0..<half).map { pow(theta, -2 * Double($0) / Double(headDim)) }
+        let table = ropeTables.table(headDim: headDim, theta: theta, positions: positionOffset + x.rows)
         nonisolated(unsafe) let p = floats(x)
-        let stride = x.rowStride, heads = x.cols / headDim
-        forEachRow(x.rows) { t in
-            let position = Double(positionOffset + t)
-            var cosines = [Float](repeating: 0, count: half), sines = cosines
-            for i in 0..<half {
-                cosines[i] = Float(cos(position * inverse[i]))
-                sines[i] = Float(sin(position * inverse[i]))
-            }
-            for head in 0..<heads {
-                let base = p + t * stride + head * headDim
-                for i in 0..<half {
-                    let a = base[i], b = base[i + half]
-                    base[i] = a * cosines[i] - b * sines[i]
-                    base[i + half] = b * cosines[i] + a * sines[i]
+        let stride = x.rowStride, heads = x.cols / headDim, vector = vectorKernels
+        table.cosines.withUnsafeBufferPointer { cosines in
+            table.sines.withUnsafeBufferPointer { sines in
+                nonisolated(unsafe) let (c, s) = (cosines.baseAddress!, sines.baseAddress!)
+                forEachRow(x.rows) { t in
+                    let cr = c + (positionOffset + t) * half, sr = s + (positionOffset + t) * half
+                    for head in 0..<heads {
+                        let base = p + t * stride + head * headDim
+                        if vector {
+                            VectorKernels.rotateHalves(base, half: half, cosines: cr, sines: sr)
+                            continue
+                        }
+                        for i in 0..<half {
+                            let a = base[i], b = base[i + half]
+                            base[i] = a * cr[i] - b * sr[i]
+                            base[i + half] = b * cr[i] + a * sr[i]
+                        }
+                    }
                 }
             }
         }
@@ -60,9 +64,15 @@ extension CPUBackend {
     ) throws(SheafError) {
         try Check.owner(self, [q, k, v, out], op: "causalAttention")
         try Check.attention(q, k, v, out, heads: heads, kvHeads: kvHeads, headDim: headDim)
+        if vectorKernels && headDim % 16 == 0 {
+            fusedAttention(q: q, k: k, v: v, into: out, heads: heads, kvHeads: kvHeads, headDim: headDim)
+            return
+        }
         let shift = k.rows - q.rows, block = 128
         let scale = 1 / Float(headDim).squareRoot()
         var scores = [Float](repeating: 0, count: block * k.rows)
+        let sumsBuffer = UnsafeMutablePointer<Float>.allocate(capacity: block)
+        defer { sumsBuffer.deallocate() }
         let pq = floats(q), pk = floats(k), pv = floats(v), po = floats(out)
         for h in 0..<heads {
             let g = h / (heads / kvHeads)
@@ -76,24 +86,73 @@ extension CPUBackend {
                         pq + t0 * q.rowStride + h * headDim, Int32(q.rowStride), pk + g * headDim, Int32(k.rowStride),
                         0, sp, Int32(keys))
                     nonisolated(unsafe) let shared = sp
-                    forEachRow(rows) { r in
-                        let row = shared + r * keys, visible = t0 + r + shift + 1
-                        var maxScore = -Float.infinity
-                        for j in 0..<visible { maxScore = max(maxScore, row[j]) }
-                        var total: Float = 0
-                        for j in 0..<visible {
-                            row[j] = expf(row[j] - maxScore)
-                            total += row[j]
+                    if vectorKernels {
+                        // Numerators only; each output row is divided by its sum after P·V
+                        // (64 columns instead of up to 2048).
+                        nonisolated(unsafe) let sums = sumsBuffer
+                        forEachRow(rows) { r in
+                            let row = shared + r * keys, visible = t0 + r + shift + 1
+                            sums[r] = VectorKernels.softmaxNumerators(row, count: visible)
+                            for j in visible..<keys { row[j] = 0 }
                         }
-                        let inverse = 1 / total
-                        for j in 0..<visible { row[j] *= inverse }
-                        for j in visible..<keys { row[j] = 0 }
+                    } else {
+                        forEachRow(rows) { r in
+                            let row = shared + r * keys, visible = t0 + r + shift + 1
+                            var maxScore = -Float.infinity
+                            for j in 0..<visible { maxScore = max(maxScore, row[j]) }
+                            var total: Float = 0
+                            for j in 0..<visible {
+                                row[j] = expf(row[j] - maxScore)
+                                total += row[j]
+                            }
+                            let inverse = 1 / total
+                            for j in 0..<visible { row[j] *= inverse }
+                            for j in visible..<keys { row[j] = 0 }
+                        }
                     }
+                    let outBlock = po + t0 * out.rowStride + h * headDim
                     cblas_sgemm(
                         CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(headDim), Int32(keys), 1, sp,
-                        Int32(keys), pv + g * headDim, Int32(v.rowStride), 0, po + t0 * out.rowStride + h * headDim,
-                        Int32(out.rowStride))
+                        Int32(keys), pv + g * headDim, Int32(v.rowStride), 0, outBlock, Int32(out.rowStride))
+                    if vectorKernels {
+                        for r in 0..<rows {
+                            VectorKernels.scale(outBlock + r * out.rowStride, count: headDim, by: 1 / sumsBuffer[r])
+                        }
+                    }
                 }
+            }
+        }
+    }
+
+    /// SheafCPUKernels' fused attention: keys packed once per kv head, then (query block, head)
+    /// tasks interleaved over the cores, each with its own scores scratch. Adjacent tasks cost the
+    /// same (same block, next head), so interleaving balances the causal triangle.
+    private func fusedAttention(
+        q: MatrixView, k: MatrixView, v: MatrixView, into out: MatrixView, heads: Int, kvHeads: Int, headDim: Int
+    ) {
+        let shift = k.rows - q.rows, blockRows = 48
+        let panelFloats = KeyPanels.count(keys: k.rows, headDim: headDim)
+        let panels = UnsafeMutablePointer<Float>.allocate(capacity: kvHeads * panelFloats)
+        defer { panels.deallocate() }
+        nonisolated(unsafe) let pq = floats(q), pk = floats(k), pv = floats(v), po = floats(out), shared = panels
+        let (qs, ks, vs, os) = (q.rowStride, k.rowStride, v.rowStride, out.rowStride)
+        forEachRow(kvHeads) { g in
+            KeyPanels.pack(pk + g * headDim, rowStride: ks, keys: k.rows, headDim: headDim, into: shared + g * panelFloats)
+        }
+        let blocks = (q.rows + blockRows - 1) / blockRows, tasks = blocks * heads
+        let scale = 1 / Float(headDim).squareRoot(), group = heads / kvHeads
+        let workers = min(threads, tasks)
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            let scratch = UnsafeMutablePointer<Float>.allocate(
+                capacity: AttentionKernel.scratchCount(rows: blockRows, keys: k.rows))
+            defer { scratch.deallocate() }
+            for task in stride(from: w, to: tasks, by: workers) {
+                let (b, h) = task.quotientAndRemainder(dividingBy: heads)
+                let t0 = b * blockRows, rows = min(blockRows, q.rows - t0), g = h / group
+                AttentionKernel.attend(
+                    queries: pq + t0 * qs + h * headDim, qStride: qs, rows: rows, firstPosition: t0 + shift, scale: scale,
+                    panels: shared + g * panelFloats, values: pv + g * headDim, vStride: vs, headDim: headDim,
+                    out: po + t0 * os + h * headDim, outStride: os, scratch: scratch)
             }
         }
     }
@@ -103,7 +162,12 @@ extension CPUBackend {
         try Check.sameShape([gate, up, out], op: "siluMultiply")
         nonisolated(unsafe) let pg = floats(gate), pu = floats(up), po = floats(out)
         let (gs, us, os, d) = (gate.rowStride, up.rowStride, out.rowStride, gate.cols)
+        let vector = vectorKernels
         forEachRow(gate.rows) { r in
+            if vector {
+                VectorKernels.siluMultiply(gate: pg + r * gs, up: pu + r * us, out: po + r * os, count: d)
+                return
+            }
             for c in 0..<d {
                 let g = pg[r * gs + c]
                 po[r * os + c] = g / (1 + expf(-g)) * pu[r * us + c]
@@ -128,8 +192,13 @@ extension CPUBackend {
         for r in 0..<logits.rows { try Check.target(pt[r], at: r, vocabulary: logits.cols) }
         nonisolated(unsafe) let pl = floats(logits), pn = host(nll).assumingMemoryBound(to: Float.self), targetsPtr = pt
         let (ls, vocabulary) = (logits.rowStride, logits.cols)
+        let vector = vectorKernels
         forEachRow(logits.rows) { r in
             let row = pl + r * ls
+            if vector {
+                pn[r] = Float(VectorKernels.logSumExp(row, count: vocabulary) - Double(row[Int(targetsPtr[r])]))
+                return
+            }
             var maxLogit = -Float.infinity
             for c in 0..<vocabulary { maxLogit = max(maxLogit, row[c]) }
             var total = 0.0

@@ -9,6 +9,9 @@ public enum BackendChoice: String, Sendable, CaseIterable {
 public struct BackendOptions: Sendable {
     /// OpenBLAS threads (`SHEAF_THREADS`); nil = all cores.
     public var threads: Int?
+    /// `SHEAF_CPU_VECTOR=0`: keep the CPU backend on its portable loops even where the CPU runs
+    /// the vector ones.
+    public var cpuVectorKernels: Bool
     /// `SHEAF_OPENCL_DEVICE`: an index or a name substring.
     public var openCLDevice: String?
     /// `SHEAF_KERNEL_DIR`: load kernels/*.cl from disk.
@@ -17,9 +20,11 @@ public struct BackendOptions: Sendable {
     public var tunables: KernelTunables?
 
     public init(
-        threads: Int? = nil, openCLDevice: String? = nil, kernelDirectory: String? = nil, tunables: KernelTunables? = nil
+        threads: Int? = nil, cpuVectorKernels: Bool = true, openCLDevice: String? = nil, kernelDirectory: String? = nil,
+        tunables: KernelTunables? = nil
     ) {
         self.threads = threads
+        self.cpuVectorKernels = cpuVectorKernels
         self.openCLDevice = openCLDevice
         self.kernelDirectory = kernelDirectory
         self.tunables = tunables
@@ -42,7 +47,7 @@ public enum BackendSelection {
     /// Makes the backend. An explicit `opencl` that cannot start throws; it never falls back.
     public static func make(_ choice: BackendChoice, options: BackendOptions = .init()) throws(SheafError) -> any Backend {
         switch choice {
-        case .cpu: return CPUBackend(threads: options.threads)
+        case .cpu: return CPUBackend(threads: options.threads, vectorKernels: options.cpuVectorKernels)
         case .reference: return ReferenceBackend()
         case .opencl:
             return try OpenCLBackend(

@@ -16,3 +16,22 @@ public func peakResidentBytes() -> Int? {
     }
     return nil
 }
+
+/// Wall seconds per named step, summed over calls, in first-seen order: `sheaf eval --profile`.
+/// Used from one thread (the forward pass); the caller synchronises the device before reading
+/// the clock, so each step's time includes its queued device work.
+public final class StepTimes: @unchecked Sendable {
+    public private(set) var names: [String] = []
+    public private(set) var seconds: [String: Double] = [:]
+    public private(set) var calls: [String: Int] = [:]
+
+    public init() {}
+
+    public func add(_ name: String, _ elapsed: Double) {
+        if seconds[name] == nil { names.append(name) }
+        seconds[name, default: 0] += elapsed
+        calls[name, default: 0] += 1
+    }
+
+    public var total: Double { seconds.values.reduce(0, +) }
+}

@@ -32,6 +32,9 @@ public final class LlamaModel: @unchecked Sendable {
     let finalNorm: MatrixView
     /// Output head W (vocabulary, hidden), tied to the embedding or not.
     let head: any LinearLayer
+    /// When set, the forward pass synchronises the backend after each step and adds its wall
+    /// time here (costs a little throughput on OpenCL; nothing when nil).
+    public var stepTimes: StepTimes?
 
     /// Loads every weight from `files` onto `backend`, checking each for NaN/Inf by name.
     public init(files: ModelFiles, backend: any Backend, progress: (String) -> Void = { _ in }) throws(SheafError) {
@@ -107,26 +110,26 @@ public final class LlamaModel: @unchecked Sendable {
         }
     }
 
-    /// Runs decoder block `index` on the tokens in `a.hidden`, at positions `position ..<
-    /// position + tokens`. Without a cache the sequence attends to itself; with one, its keys
-    /// and values are appended (added into the zeroed rows) and attention reads every cached row.
-    func block(_ index: Int, _ a: Activations, position: Int, cache: KVCache?) throws(SheafError) {
-        try Self.block(layers[index], a, config: config, backend: backend, position: position, cache: cache, cacheIndex: index)
-    }
-
     /// One decoder block; with `grams`, the Gram of each distinct linear input is accumulated
-    /// as it is computed (the calibration hooks).
+    /// as it is computed (the calibration hooks); with `times`, each step is timed.
     static func block(
         _ layer: DecoderLayer, _ a: Activations, config c: ModelConfig, backend be: any Backend, position: Int,
-        cache: KVCache? = nil, cacheIndex index: Int = 0, grams: LayerGrams? = nil
+        cache: KVCache? = nil, cacheIndex index: Int = 0, grams: LayerGrams? = nil, times: StepTimes? = nil
     ) throws(SheafError) {
-        try be.rmsNorm(a.hidden, weight: layer.inputNorm, eps: Float(c.rmsNormEps), into: a.normed)
+        let step = Step(times, be)
+        try step("rms norm") { () throws(SheafError) in
+            try be.rmsNorm(a.hidden, weight: layer.inputNorm, eps: Float(c.rmsNormEps), into: a.normed)
+        }
         try grams?.accumulate(.attention, a.normed)
-        try layer.q.forward(a.normed, into: a.q)
-        try layer.k.forward(a.normed, into: a.k)
-        try layer.v.forward(a.normed, into: a.v)
-        try be.rope(a.q, headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
-        try be.rope(a.k, headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
+        try step("q, k, v") { () throws(SheafError) in
+            try layer.q.forward(a.normed, into: a.q)
+            try layer.k.forward(a.normed, into: a.k)
+            try layer.v.forward(a.normed, into: a.v)
+        }
+        try step("rope") { () throws(SheafError) in
+            try be.rope(a.q, headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
+            try be.rope(a.k, headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
+        }
         var (keys, values) = (a.k, a.v)
         if let cache {
             let t = a.k.rows
@@ -135,19 +138,25 @@ public final class LlamaModel: @unchecked Sendable {
             keys = try cache.rows(cache.keys[index], 0, position + t)
             values = try cache.rows(cache.values[index], 0, position + t)
         }
-        try be.causalAttention(
-            q: a.q, k: keys, v: values, into: a.attention, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+        try step("attention") { () throws(SheafError) in
+            try be.causalAttention(
+                q: a.q, k: keys, v: values, into: a.attention, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+        }
         try grams?.accumulate(.attentionOutput, a.attention)
-        try layer.o.forward(a.attention, into: a.projected)
-        try be.add(a.projected, into: a.hidden)
-        try be.rmsNorm(a.hidden, weight: layer.postAttentionNorm, eps: Float(c.rmsNormEps), into: a.normed)
+        try step("o") { () throws(SheafError) in try layer.o.forward(a.attention, into: a.projected) }
+        try step("residual add") { () throws(SheafError) in try be.add(a.projected, into: a.hidden) }
+        try step("rms norm") { () throws(SheafError) in
+            try be.rmsNorm(a.hidden, weight: layer.postAttentionNorm, eps: Float(c.rmsNormEps), into: a.normed)
+        }
         try grams?.accumulate(.mlp, a.normed)
-        try layer.gate.forward(a.normed, into: a.gate)
-        try layer.up.forward(a.normed, into: a.up)
-        try be.siluMultiply(gate: a.gate, up: a.up, into: a.gate)
+        try step("gate, up") { () throws(SheafError) in
+            try layer.gate.forward(a.normed, into: a.gate)
+            try layer.up.forward(a.normed, into: a.up)
+        }
+        try step("silu·up") { () throws(SheafError) in try be.siluMultiply(gate: a.gate, up: a.up, into: a.gate) }
         try grams?.accumulate(.mlpDown, a.gate)
-        try layer.down.forward(a.gate, into: a.projected)
-        try be.add(a.projected, into: a.hidden)
+        try step("down") { () throws(SheafError) in try layer.down.forward(a.gate, into: a.projected) }
+        try step("residual add") { () throws(SheafError) in try be.add(a.projected, into: a.hidden) }
     }
 
     /// Final-norm hidden states of `tokens` at positions `position...`, through the cache if given.
@@ -155,7 +164,9 @@ public final class LlamaModel: @unchecked Sendable {
         guard !tokens.isEmpty else { throw .invalidArgument(op: "forward", detail: "empty token sequence") }
         let a = try Activations(backend, tokens: tokens.count, config)
         try backend.add(try embed(tokens), into: a.hidden)
-        for i in layers.indices { try block(i, a, position: position, cache: cache) }
+        for i in layers.indices {
+            try Self.block(layers[i], a, config: config, backend: backend, position: position, cache: cache, cacheIndex: i, times: stepTimes)
+        }
         try backend.rmsNorm(a.hidden, weight: finalNorm, eps: Float(config.rmsNormEps), into: a.normed)
         return a.normed
     }
@@ -220,12 +231,34 @@ public final class LlamaModel: @unchecked Sendable {
             let rows = min(chunkRows, predictions - r0)
             let hChunk = try MatrixView(h.buffer, rows: rows, cols: h.cols, rowStride: h.rowStride, offset: h.offset + r0 * h.rowStride)
             let lChunk = try MatrixView(logits.buffer, rows: rows, cols: logits.cols)
-            try head.forward(hChunk, into: lChunk)
+            let step = Step(stepTimes, backend)
+            try step("output head") { () throws(SheafError) in try head.forward(hChunk, into: lChunk) }
             let targets = try backend.upload(Array(tokens[(r0 + 1)...(r0 + rows)]))
             let out = try backend.makeBuffer(.float32, count: rows)
-            try backend.crossEntropy(logits: lChunk, targets: targets, into: out)
+            try step("cross-entropy") { () throws(SheafError) in
+                try backend.crossEntropy(logits: lChunk, targets: targets, into: out)
+            }
             nll.append(contentsOf: try backend.download(out) as [Float])
         }
         return nll
+    }
+}
+
+/// Runs one forward-pass step, timing it into `times` (after synchronising the backend) when set.
+struct Step {
+    let times: StepTimes?
+    let backend: any Backend
+
+    init(_ times: StepTimes?, _ backend: any Backend) {
+        self.times = times
+        self.backend = backend
+    }
+
+    func callAsFunction(_ name: String, _ body: () throws(SheafError) -> Void) throws(SheafError) {
+        guard let times else { return try body() }
+        let t0 = monotonicSeconds()
+        try body()
+        try backend.synchronize()
+        times.add(name, monotonicSeconds() - t0)
     }
 }

@@ -26,6 +26,7 @@ let mainHelp = """
     BACKENDS: --backend auto|cpu|opencl (or SHEAF_BACKEND). auto = an OpenCL GPU if present,
       else cpu; an explicit opencl never falls back. SHEAF_OPENCL_DEVICE picks the device
       (index or name substring), SHEAF_THREADS the OpenBLAS threads (default: all cores),
+      SHEAF_CPU_VECTOR=0 keeps the cpu backend on its portable loops instead of AVX2/NEON ones,
       SHEAF_KERNEL_DIR loads kernels/*.cl from disk instead of the embedded copies, and
       SHEAF_OPENCL_TUNABLES=TS,TK,LOCAL (e.g. 64,128,0) overrides the kernel tunables.
 
@@ -118,7 +119,7 @@ enum Commands {
         var backends: [any Backend] = []
         switch which {
         case "all":
-            backends.append(CPUBackend(threads: options.threads))
+            backends.append(CPUBackend(threads: options.threads, vectorKernels: options.cpuVectorKernels))
             do { backends.append(try BackendSelection.make(.opencl, options: options)) }
             catch { note("warning: OpenCL skipped: \(error)") }
         case "auto", "cpu", "opencl":

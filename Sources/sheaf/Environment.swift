@@ -8,13 +8,16 @@ enum Env {
         return v
     }
 
-    /// Backend options from SHEAF_THREADS, SHEAF_OPENCL_DEVICE and SHEAF_KERNEL_DIR.
+    /// Backend options from SHEAF_THREADS, SHEAF_CPU_VECTOR, SHEAF_OPENCL_DEVICE, SHEAF_KERNEL_DIR
+    /// and SHEAF_OPENCL_TUNABLES.
     static func backendOptions() throws(UsageError) -> BackendOptions {
         var threads: Int?
         if let t = get("SHEAF_THREADS") {
             guard let n = Int(t), n > 0 else { throw UsageError(description: "SHEAF_THREADS must be a positive integer, got '\(t)'") }
             threads = n
         }
+        let vector = get("SHEAF_CPU_VECTOR") ?? "1"
+        guard vector == "0" || vector == "1" else { throw UsageError(description: "SHEAF_CPU_VECTOR must be 0 or 1, got '\(vector)'") }
         var tunables: KernelTunables?
         if let t = get("SHEAF_OPENCL_TUNABLES") {
             let parts = t.split(separator: ",").compactMap { Int($0) }
@@ -24,7 +27,7 @@ enum Env {
             tunables = KernelTunables(tileSize: parts[0], reductionStep: parts[1], useLocalMemory: parts[2] == 1)
         }
         return BackendOptions(
-            threads: threads, openCLDevice: get("SHEAF_OPENCL_DEVICE"), kernelDirectory: get("SHEAF_KERNEL_DIR"),
+            threads: threads, cpuVectorKernels: vector == "1", openCLDevice: get("SHEAF_OPENCL_DEVICE"), kernelDirectory: get("SHEAF_KERNEL_DIR"),
             tunables: tunables)
     }
 

@@ -7,7 +7,7 @@ import SheafModel
 
 let evalHelp = """
     USAGE: sheaf eval MODEL [--text FILE] [--ctx N] [--windows N|all] [--protocol S|P]
-                            [--backend auto|cpu|opencl] [--json]
+                            [--backend auto|cpu|opencl] [--json] [--profile]
 
     Perplexity of MODEL (a HuggingFace folder, a GGUF file or a Sheaf compressed checkpoint, whose
     factored layers run as two low-rank products; float32) on non-overlapping
@@ -16,6 +16,8 @@ let evalHelp = """
     all complete windows. --ctx and --windows override the protocol's. The text defaults to
     $SHEAF_DATA/wikitext-2-raw/wiki.test.raw, else ../shared/data/wikitext-2-raw/wiki.test.raw.
     Progress with ETA goes to stderr; the result (with tokens/s and peak memory) to stdout.
+    --profile adds the wall time of each forward-pass step (the backend is synchronised after
+    each, which costs OpenCL a little throughput) to stderr.
     """
 
 enum EvalCommand {
@@ -30,7 +32,7 @@ enum EvalCommand {
     }
 
     static func run(_ args: [String]) throws -> Int32 {
-        let a = try Arguments(args, options: ["text", "ctx", "windows", "protocol", "backend"], flags: ["json", "help"])
+        let a = try Arguments(args, options: ["text", "ctx", "windows", "protocol", "backend"], flags: ["json", "help", "profile"])
         if a.flag("help") { print(evalHelp); return 0 }
         guard a.positionals.count == 1 else { throw UsageError(description: "eval takes one MODEL (a folder or a .gguf file)") }
         guard let proto = EvalProtocol(rawValue: a.value("protocol") ?? "S") else {
@@ -63,10 +65,12 @@ enum EvalCommand {
         let backend = try BackendSelection.make(try Env.backendChoice(a.value("backend")), options: try Env.backendOptions())
         note("eval: \(windows.count) windows of \(context) tokens on \(backend.kind.rawValue) (\(backend.deviceName))")
         let model = try LlamaModel(files: files, backend: backend)
+        if a.flag("profile") { model.stepTimes = StepTimes() }
         let result = try Perplexity.evaluate(model, windows: windows) { done, total, seconds in
             let eta = seconds / Double(done) * Double(total - done)
             note("eval: window \(done)/\(total), \(fixed(Double(done * context) / seconds)) tokens/s, ETA \(fixed(eta)) s")
         }
+        if let times = model.stepTimes { printProfile(times, windows: windows.count, seconds: result.seconds) }
         if a.flag("json") {
             try printJSON(result)
             return 0
@@ -77,6 +81,16 @@ enum EvalCommand {
             + (result.peakResidentBytes.map { "\(fixed(Double($0) / 1e9, 2)) GB" } ?? "unknown"))
         return 0
     }
+}
+
+/// The --profile table on stderr: seconds per window and share of the evaluation per step.
+private func printProfile(_ times: StepTimes, windows: Int, seconds: Double) {
+    note("eval profile (per window; share of \(fixed(seconds / Double(windows))) s):")
+    for name in times.names.sorted(by: { times.seconds[$0]! > times.seconds[$1]! }) {
+        let s = times.seconds[name]!
+        note("  \(name.padding(toLength: 14, withPad: " ", startingAt: 0)) \(fixed(s / Double(windows), 3)) s  \(fixed(100 * s / seconds))%")
+    }
+    note("  \("other".padding(toLength: 14, withPad: " ", startingAt: 0)) \(fixed((seconds - times.total) / Double(windows), 3)) s")
 }
 
 let generateHelp = """

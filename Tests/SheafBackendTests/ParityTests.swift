@@ -128,8 +128,11 @@ extension BackendSuites {
                 expectPass(try Parity.rope(be, Backends.reference, tokens: tokens, heads: heads, headDim: headDim, offset: offset))
             }
             // (queries, keys): prefill (equal), decoding with a cache (1 query), blocks past 128 and 256.
+            // Head dimensions that are multiples of 16 take the fused kernel on `cpu`: query blocks
+            // of 48 rows in row blocks of 6 (100 = 2·48 + 4), keys in chunks of 128 and panels of 16.
             for (queries, keys, heads, kvHeads, headDim) in [
                 (1, 1, 1, 1, 1), (7, 7, 3, 1, 8), (1, 33, 9, 3, 64), (33, 40, 4, 4, 16), (300, 300, 2, 1, 8), (130, 257, 3, 3, 4),
+                (100, 100, 4, 2, 32), (50, 177, 2, 1, 64), (5, 300, 3, 1, 16),
             ] {
                 expectPass(try Parity.attention(
                     be, Backends.reference, queries: queries, keys: keys, heads: heads, kvHeads: kvHeads, headDim: headDim))

@@ -11,6 +11,8 @@ import Testing
 enum Backends {
     static let reference = ReferenceBackend()
     static let cpu = CPUBackend()
+    /// The cpu backend on its portable scalar loops (what a CPU without AVX2 + FMA runs).
+    static let cpuPortable = CPUBackend(vectorKernels: false)
 
     static func opencl() throws -> OpenCLBackend { try OpenCLBackend() }
 
@@ -24,13 +26,14 @@ enum Backends {
     }
 
     enum Name: String, CaseIterable, CustomTestStringConvertible, Sendable {
-        case cpu, opencl, openclGPU, openclSmall
+        case cpu, cpuPortable, opencl, openclGPU, openclSmall
         var testDescription: String { rawValue }
     }
 
     static func make(_ name: Name) throws -> any Backend {
         switch name {
         case .cpu: cpu
+        case .cpuPortable: cpuPortable
         case .opencl: try opencl()
         case .openclGPU: try openclGPUVariant()
         case .openclSmall: try openclSmallTiles()

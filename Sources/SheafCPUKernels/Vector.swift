@@ -1,0 +1,180 @@
+// Float32 loops of the CPU backend's forward pass, written on 8-lane vectors.
+//
+// On x86-64 this target is compiled for AVX2 + FMA (Package.swift), so every function here may
+// only run on a CPU that has them: `CPUBackend` checks `CPUFeatures.vectorKernels` first and
+// otherwise keeps its portable loops. On arm64 the vectors are NEON, which every CPU has.
+//
+// Swift's generic SIMD operations are written around NaN rules and rounding modes and compile to
+// library calls per lane (`pointwiseMax`, `.rounded()`, float↔int conversion). The helpers below
+// stay on plain arithmetic, comparisons and bit casts, which compile to single instructions.
+
+import Foundation
+
+public typealias Float8 = SIMD8<Float>
+
+@inline(__always) func load(_ p: UnsafePointer<Float>) -> Float8 {
+    UnsafeRawPointer(p).loadUnaligned(as: Float8.self)
+}
+
+@inline(__always) func store(_ v: Float8, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: Float8.self)
+}
+
+@inline(__always) func maximum(_ a: Float8, _ b: Float8) -> Float8 { a.replacing(with: b, where: b .> a) }
+
+@inline(__always) func horizontalMax(_ v: Float8) -> Float {
+    let four = maximum(Float8(lowHalf: v.lowHalf, highHalf: v.lowHalf), Float8(lowHalf: v.highHalf, highHalf: v.highHalf))
+    return max(max(four[0], four[1]), max(four[2], four[3]))
+}
+
+@inline(__always) func horizontalSum(_ v: Float8) -> Float {
+    let four = v.lowHalf + v.highHalf
+    return (four[0] + four[2]) + (four[1] + four[3])
+}
+
+/// e^x per lane, within 2 ulp over [−87.3, 88] (inputs outside are clamped: e^−87.3 ≈ 1.2e−38,
+/// so underflow stops at about the smallest normal, never a denormal; e^88 ≈ 1.7e38, never ∞).
+/// x = n·ln 2 + r with |r| ≤ ln 2 / 2 (ln 2 split in two so n·ln2_hi is exact), e^r from Cephes'
+/// degree-5 polynomial e^r ≈ 1 + r + r²·P(r), and 2^n assembled in the exponent bits. n is
+/// rounded by adding 1.5·2²³: the sum's low mantissa bits then hold n as an integer.
+@inline(__always) public func exp(_ x: Float8) -> Float8 {
+    var x = maximum(x, Float8(repeating: -87.336_54))
+    x = x.replacing(with: Float8(repeating: 88), where: x .> Float8(repeating: 88))
+    let roundingShift: Float = 12_582_912  // 1.5 · 2²³
+    let t = x * 1.442_695_04 + roundingShift
+    let n = t - roundingShift
+    var r = x.addingProduct(n, Float8(repeating: -0.693_359_375))
+    r = r.addingProduct(n, Float8(repeating: 2.121_944_40e-4))
+    var p = Float8(repeating: 1.987_569_150_0e-4)
+    p = Float8(repeating: 1.398_199_950_7e-3).addingProduct(p, r)
+    p = Float8(repeating: 8.333_451_907_3e-3).addingProduct(p, r)
+    p = Float8(repeating: 4.166_579_589_4e-2).addingProduct(p, r)
+    p = Float8(repeating: 1.666_666_545_9e-1).addingProduct(p, r)
+    p = Float8(repeating: 5.000_000_120_1e-1).addingProduct(p, r)
+    p = (r + 1).addingProduct(p, r * r)
+    // t's bit pattern is 0x4B40_0000 + n: turn n into the exponent field of 2^n.
+    let twoToN = (unsafeBitCast(t, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
+    return p * unsafeBitCast(twoToN, to: Float8.self)
+}
+
+/// The row loops built on `exp`. Each takes raw float32 pointers and a length; tails shorter
+/// than 8 run one lane at a time through the same vector code, so every element sees one formula.
+public enum VectorKernels {
+    /// Replaces row[0..<count] by e^(row − max(row)) and returns their sum (≥ 1 when count > 0):
+    /// the softmax numerators; the caller divides by the sum where it is cheapest.
+    public static func softmaxNumerators(_ row: UnsafeMutablePointer<Float>, count: Int) -> Float {
+        var lanesMax = Float8(repeating: -.infinity)
+        var i = 0
+        while i + 8 <= count {
+            lanesMax = maximum(lanesMax, load(row + i))
+            i += 8
+        }
+        var rowMax = horizontalMax(lanesMax)
+        while i < count {
+            rowMax = max(rowMax, row[i])
+            i += 1
+        }
+        let shift = Float8(repeating: rowMax)
+        var lanesSum = Float8()
+        i = 0
+        while i + 8 <= count {
+            let e = exp(load(row + i) - shift)
+            store(e, row + i)
+            lanesSum += e
+            i += 8
+        }
+        var sum = horizontalSum(lanesSum)
+        while i < count {
+            let e = exp(Float8(repeating: row[i] - rowMax))[0]
+            row[i] = e
+            sum += e
+            i += 1
+        }
+        return sum
+    }
+
+    /// log Σ e^row[j] over row[0..<count], as max + log Σ e^(row − max); the sum is carried in
+    /// Float64 across blocks of 1024 so a 49,152-entry vocabulary loses nothing to float32 sums.
+    public static func logSumExp(_ row: UnsafePointer<Float>, count: Int) -> Double {
+        var lanesMax = Float8(repeating: -.infinity)
+        var i = 0
+        while i + 8 <= count {
+            lanesMax = maximum(lanesMax, load(row + i))
+            i += 8
+        }
+        var rowMax = horizontalMax(lanesMax)
+        while i < count {
+            rowMax = max(rowMax, row[i])
+            i += 1
+        }
+        let shift = Float8(repeating: rowMax)
+        var total = 0.0
+        i = 0
+        while i + 8 <= count {
+            var lanesSum = Float8()
+            let end = min(count, i + 1024)
+            while i + 8 <= end {
+                lanesSum += exp(load(row + i) - shift)
+                i += 8
+            }
+            total += Double(horizontalSum(lanesSum))
+        }
+        while i < count {
+            total += Double(exp(Float8(repeating: row[i] - rowMax))[0])
+            i += 1
+        }
+        return Double(rowMax) + log(total)
+    }
+
+    /// out[j] = silu(gate[j]) · up[j] = gate[j] / (1 + e^−gate[j]) · up[j] for j < count (out may
+    /// alias gate).
+    public static func siluMultiply(
+        gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count: Int
+    ) {
+        var i = 0
+        while i + 8 <= count {
+            let g = load(gate + i)
+            store(g / (1 + exp(-g)) * load(up + i), out + i)
+            i += 8
+        }
+        while i < count {
+            let g = gate[i]
+            out[i] = g / (1 + exp(Float8(repeating: -g))[0]) * up[i]
+            i += 1
+        }
+    }
+
+    /// RoPE in the rotate-half layout on one head: (a, b) = (x[i], x[i + half]) becomes
+    /// (a·cos − b·sin, b·cos + a·sin) for i < half.
+    public static func rotateHalves(
+        _ x: UnsafeMutablePointer<Float>, half: Int, cosines: UnsafePointer<Float>, sines: UnsafePointer<Float>
+    ) {
+        var i = 0
+        while i + 8 <= half {
+            let a = load(x + i), b = load(x + half + i), c = load(cosines + i), s = load(sines + i)
+            store(a * c - b * s, x + i)
+            store(b * c + a * s, x + half + i)
+            i += 8
+        }
+        while i < half {
+            let a = x[i], b = x[half + i]
+            x[i] = a * cosines[i] - b * sines[i]
+            x[half + i] = b * cosines[i] + a * sines[i]
+            i += 1
+        }
+    }
+
+    /// row[0..<count] *= factor.
+    public static func scale(_ row: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {
+        let f = Float8(repeating: factor)
+        var i = 0
+        while i + 8 <= count {
+            store(load(row + i) * f, row + i)
+            i += 8
+        }
+        while i < count {
+            row[i] *= factor
+            i += 1
+        }
+    }
+}
