@@ -18,9 +18,13 @@ extension CPUBackend {
         try Check.owner(self, [x, weight, out], op: "rmsNorm")
         try Check.rmsNorm(x, weight, out, eps: eps)
         nonisolated(unsafe) let px = floats(x), pw = floats(weight), po = floats(out)
-        let d = x.cols, xs = x.rowStride, os = out.rowStride
+        let d = x.cols, xs = x.rowStride, os = out.rowStride, vector = vectorKernels
         forEachRow(x.rows) { r in
             let xr = px + r * xs, orow = po + r * os
+            if vector {
+                VectorKernels.rmsNorm(xr, weight: pw, eps: eps, out: orow, count: d)
+                return
+            }
             var sumSquares: Float = 0
             for c in 0..<d { sumSquares += xr[c] * xr[c] }
             let scale = 1 / (sumSquares / Float(d) + eps).squareRoot()

@@ -164,6 +164,36 @@ public enum VectorKernels {
         }
     }
 
+    /// out = x / √(mean(x²) + eps) · weight over count elements (out may alias x). The sum of
+    /// squares runs in 8 lanes: a scalar sum is one dependent add chain (4 cycles per element).
+    public static func rmsNorm(
+        _ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, eps: Float, out: UnsafeMutablePointer<Float>, count: Int
+    ) {
+        var lanes = Float8()
+        var i = 0
+        while i + 8 <= count {
+            let v = load(x + i)
+            lanes = lanes.addingProduct(v, v)
+            i += 8
+        }
+        var sumSquares = horizontalSum(lanes)
+        while i < count {
+            sumSquares += x[i] * x[i]
+            i += 1
+        }
+        let scale = 1 / (sumSquares / Float(count) + eps).squareRoot()
+        let s = Float8(repeating: scale)
+        i = 0
+        while i + 8 <= count {
+            store(load(x + i) * s * load(weight + i), out + i)
+            i += 8
+        }
+        while i < count {
+            out[i] = x[i] * scale * weight[i]
+            i += 1
+        }
+    }
+
     /// row[0..<count] *= factor.
     public static func scale(_ row: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {
         let f = Float8(repeating: factor)
