@@ -3,8 +3,10 @@ import Foundation
 import SheafCPUKernels
 import SheafCore
 
-/// The forward-pass ops on the CPU: attention through sgemm in query blocks (skipping the
-/// masked upper triangle), element-wise loops split over the cores.
+/// The forward-pass ops on the CPU, split over the cores. Where the CPU runs SheafCPUKernels
+/// (`vectorKernels`), the row loops are its 8-lane ones and attention is its fused kernel (head
+/// dimensions that are multiples of 16); otherwise portable scalar loops, and attention through
+/// sgemm in query blocks that skip the masked upper triangle.
 extension CPUBackend {
     /// Runs `body(row)` for every row, split over the OpenBLAS thread count.
     func forEachRow(_ rows: Int, _ body: @Sendable (Int) -> Void) {
@@ -61,8 +63,9 @@ extension CPUBackend {
         }
     }
 
-    /// Per head and block of up to 128 queries: scores = Q·Kᵀ/√d over the visible keys only
-    /// (sgemm), a max-subtracted softmax per row, then out = P·V (sgemm).
+    /// Fused (see `fusedAttention`) where it applies; else per head and block of up to 128
+    /// queries: scores = Q·Kᵀ/√d over the visible keys only (sgemm), a max-subtracted softmax per
+    /// row, then out = P·V (sgemm).
     public func causalAttention(
         q: MatrixView, k: MatrixView, v: MatrixView, into out: MatrixView, heads: Int, kvHeads: Int, headDim: Int
     ) throws(SheafError) {

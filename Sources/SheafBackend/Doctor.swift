@@ -16,6 +16,9 @@ public struct DoctorReport: Sendable, Codable {
     public var openCLError: String?
     public var openCLTunables: KernelTunables?
     public var openBLAS: OpenBLASInfo
+    /// Which row loops `cpu` runs: "AVX2 vector" / "NEON vector", or "portable" (no AVX2 + FMA on
+    /// this CPU, or SHEAF_CPU_VECTOR=0).
+    public var cpuLoops: String
     public var autoBackend: String
     public var parity: [ParityResult]
     public var passed: Bool { openCLError == nil && parity.allSatisfy(\.passed) }
@@ -24,7 +27,7 @@ public struct DoctorReport: Sendable, Codable {
 public enum Doctor {
     /// Runs the checks. OpenCL problems are reported in the report (and fail it), not thrown.
     public static func run(options: BackendOptions) -> DoctorReport {
-        let cpu = CPUBackend(threads: options.threads)
+        let cpu = CPUBackend(threads: options.threads, vectorKernels: options.cpuVectorKernels)
         let reference = ReferenceBackend()
         var devices: [OpenCLDeviceInfo] = []
         var openCLError: String?
@@ -43,6 +46,7 @@ public enum Doctor {
         return DoctorReport(
             openCLDevices: devices, openCLError: openCLError, openCLTunables: tunables,
             openBLAS: .init(core: CPUBackend.openBLASCore, threads: cpu.threads, config: CPUBackend.openBLASConfig),
+            cpuLoops: cpu.vectorKernels ? "\(CPUFeatures.vectorISA) vector" : "portable",
             autoBackend: BackendSelection.resolveAuto(options).rawValue, parity: parity)
     }
 }

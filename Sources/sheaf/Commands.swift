@@ -82,6 +82,7 @@ enum Commands {
         }
         if let e = report.openCLError { print("OpenCL: FAIL \(e)") }
         print("OpenBLAS: core \(report.openBLAS.core), \(report.openBLAS.threads) threads (\(report.openBLAS.config))")
+        print("cpu row loops: \(report.cpuLoops)")
         print("auto backend: \(report.autoBackend)")
         print("Parity against the Float64 reference (normalised MSE, or the factor's residual for cholesky):")
         for r in report.parity {
