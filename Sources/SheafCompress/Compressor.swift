@@ -163,7 +163,7 @@ public enum Compressor {
 
         var fromCache = false
         let checksum = try cache.map { (_) throws(SheafError) in try files.checksum() }
-        let key = checksum.map { GramCache.key(modelChecksum: $0, windows: windows) }
+        let key = checksum.map { GramCache.key(modelChecksum: $0, backend: backend, windows: windows) }
         if let cache, let key, cache.contains(key, layers: c.layerCount) {
             progress("calibration Grams from the cache (\(cache.root)/\(key.prefix(12))…)")
             // A damaged entry is not fatal: read it whole first, and recalibrate if it fails.

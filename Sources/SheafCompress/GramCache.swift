@@ -1,4 +1,5 @@
 import Foundation
+import SheafBackend
 import SheafCore
 import SheafIO
 import SheafModel
@@ -13,11 +14,16 @@ public struct GramCache: Sendable {
 
     public init(root: String) { self.root = root }
 
-    /// SHA-256 over the model's checksum and the calibration windows' token ids: the windows
-    /// fix the text, the protocol and the tokenizer, so nothing else needs to enter the key.
-    public static func key(modelChecksum: String, windows: [[Int32]]) -> String {
+    /// SHA-256 over the model's checksum, the backend that computes the Grams and the calibration
+    /// windows' token ids: the windows fix the text, the protocol and the tokenizer. The backend
+    /// enters because backends (and the cpu backend's vector and portable loops) round
+    /// differently in the last bits, and a compression must come out bit for bit the same on
+    /// one backend whether its Grams were cached or not.
+    public static func key(modelChecksum: String, backend: any Backend, windows: [[Int32]]) -> String {
         var h = SheafCore.SHA256()
-        Array("sheaf-grams-v1|\(modelChecksum)|\(windows.count)|\(windows.first?.count ?? 0)|".utf8).withUnsafeBytes { h.update($0) }
+        let header = "sheaf-grams-v2|\(modelChecksum)|\(backend.kind.rawValue)|\(backend.deviceName)|"
+            + "\(windows.count)|\(windows.first?.count ?? 0)|"
+        Array(header.utf8).withUnsafeBytes { h.update($0) }
         for w in windows { w.withUnsafeBytes { h.update($0) } }
         return SheafCore.SHA256.hex(h.finalize())
     }

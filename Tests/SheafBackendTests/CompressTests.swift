@@ -145,8 +145,12 @@ extension BackendSuites {
             let other = try Compressor.compress(
                 files: source, backend: Backends.cpu, windows: Array(F.windows.dropLast()), options: F.options(.svdLLM), cache: cache)
             #expect(!other.gramsFromCache, "other windows must not hit the cache")
+            // Another backend (here the cpu backend's portable loops) computes its own Grams.
+            let portable = try Compressor.compress(
+                files: source, backend: Backends.cpuPortable, windows: F.windows, options: F.options(.svdLLM), cache: cache)
+            #expect(!portable.gramsFromCache, "another backend must not hit the cache")
             // A damaged entry is recalibrated, not fatal.
-            let entry = root + "/" + GramCache.key(modelChecksum: try source.checksum(), windows: F.windows)
+            let entry = root + "/" + GramCache.key(modelChecksum: try source.checksum(), backend: Backends.cpu, windows: F.windows)
             try Data("not a safetensors file".utf8).write(to: URL(fileURLWithPath: entry + "/layer-0001.safetensors"))
             var warnings: [String] = []
             let damaged = try Compressor.compress(
@@ -154,7 +158,7 @@ extension BackendSuites {
                 progress: { warnings.append($0) })
             #expect(!damaged.gramsFromCache && warnings.contains { $0.contains("cannot be read") }, "\(warnings)")
             #expect(damaged.groups.map(\.basisT.values) == first.groups.map(\.basisT.values))
-            #expect(cache.contains(GramCache.key(modelChecksum: try source.checksum(), windows: F.windows), layers: 2))
+            #expect(cache.contains(GramCache.key(modelChecksum: try source.checksum(), backend: Backends.cpu, windows: F.windows), layers: 2))
         }
 
         /// Options that cannot work are refused before any work, one line each.
