@@ -70,6 +70,25 @@ public final class LlamaModel: @unchecked Sendable {
             gate = try be.zeros(.float32, rows: t, cols: c.intermediateSize)
             up = try be.zeros(.float32, rows: t, cols: c.intermediateSize)
         }
+
+        private init(hidden: MatrixView, _ views: [MatrixView]) {
+            self.hidden = hidden
+            (normed, q, k, v, attention) = (views[0], views[1], views[2], views[3], views[4])
+            (projected, gate, up) = (views[5], views[6], views[7])
+        }
+
+        /// The first `hidden.rows` rows of this scratch, around another residual stream: reuses
+        /// the buffers instead of allocating (and zeroing) new ones per sequence.
+        func reused(for hidden: MatrixView) throws(SheafError) -> Activations {
+            var views: [MatrixView] = []
+            for m in [normed, q, k, v, attention, projected, gate, up] {
+                guard hidden.rows <= m.rows else {
+                    throw .shapeMismatch(op: "activations", detail: "\(hidden.rows) rows into a scratch of \(m.rows)")
+                }
+                views.append(try MatrixView(m.buffer, rows: hidden.rows, cols: m.cols, rowStride: m.rowStride, offset: m.offset))
+            }
+            return Activations(hidden: hidden, views)
+        }
     }
 
     /// The embedding rows of `tokens` as a (tokens, hidden) matrix on the backend.
@@ -111,11 +130,24 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// One decoder block; with `grams`, the Gram of each distinct linear input is accumulated
-    /// as it is computed (the calibration hooks); with `times`, each step is timed.
+    /// as it is computed (the calibration hooks); with `times`, each step is timed. `sequence`:
+    /// the rows hold independent sequences of this many tokens each (several calibration windows
+    /// in one batch, so the linear layers and Gram updates see more rows per call); RoPE and
+    /// attention then run per sequence, each from position `position`. Not with a cache.
     static func block(
         _ layer: DecoderLayer, _ a: Activations, config c: ModelConfig, backend be: any Backend, position: Int,
-        cache: KVCache? = nil, cacheIndex index: Int = 0, grams: LayerGrams? = nil, times: StepTimes? = nil
+        cache: KVCache? = nil, cacheIndex index: Int = 0, grams: LayerGrams? = nil, times: StepTimes? = nil,
+        sequence: Int? = nil
     ) throws(SheafError) {
+        let length = sequence ?? a.hidden.rows
+        guard length > 0, a.hidden.rows % length == 0, cache == nil || length == a.hidden.rows else {
+            throw .invalidArgument(op: "block", detail: "\(a.hidden.rows) rows are not whole sequences of \(length) tokens")
+        }
+        /// Row `s·length ..< (s + 1)·length` of a view: sequence s.
+        func part(_ m: MatrixView, _ s: Int) throws(SheafError) -> MatrixView {
+            length == m.rows ? m : try MatrixView(m.buffer, rows: length, cols: m.cols, rowStride: m.rowStride, offset: m.offset + s * length * m.rowStride)
+        }
+        let sequences = a.hidden.rows / length
         let step = Step(times, be)
         try step("rms norm") { () throws(SheafError) in
             try be.rmsNorm(a.hidden, weight: layer.inputNorm, eps: Float(c.rmsNormEps), into: a.normed)
@@ -127,8 +159,10 @@ public final class LlamaModel: @unchecked Sendable {
             try layer.v.forward(a.normed, into: a.v)
         }
         try step("rope") { () throws(SheafError) in
-            try be.rope(a.q, headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
-            try be.rope(a.k, headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
+            for s in 0..<sequences {
+                try be.rope(try part(a.q, s), headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
+                try be.rope(try part(a.k, s), headDim: c.headDim, positionOffset: position, theta: c.ropeTheta)
+            }
         }
         var (keys, values) = (a.k, a.v)
         if let cache {
@@ -139,8 +173,16 @@ public final class LlamaModel: @unchecked Sendable {
             values = try cache.rows(cache.values[index], 0, position + t)
         }
         try step("attention") { () throws(SheafError) in
-            try be.causalAttention(
-                q: a.q, k: keys, v: values, into: a.attention, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+            if cache != nil {
+                try be.causalAttention(
+                    q: a.q, k: keys, v: values, into: a.attention, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+                return
+            }
+            for s in 0..<sequences {
+                try be.causalAttention(
+                    q: try part(a.q, s), k: try part(keys, s), v: try part(values, s), into: try part(a.attention, s),
+                    heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+            }
         }
         try grams?.accumulate(.attentionOutput, a.attention)
         try step("o") { () throws(SheafError) in try layer.o.forward(a.attention, into: a.projected) }

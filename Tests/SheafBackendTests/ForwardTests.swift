@@ -140,8 +140,9 @@ extension BackendSuites {
             for (layer, grams) in want.enumerated() {
                 #expect(Set(grams.keys) == Set(LayerGrams.Input.allCases))
                 for (input, g) in grams {
+                    // The three windows run as one batch of 27 rows.
                     let xs = captured[layer][input] ?? []
-                    #expect(xs.count == 3 && xs.allSatisfy { $0.rows == 9 && $0.cols == g.rows })
+                    #expect(xs.reduce(0) { $0 + $1.rows } == 27 && xs.allSatisfy { $0.cols == g.rows })
                     var xtx = Matrix<Double>.zeros(rows: g.rows, cols: g.cols)
                     for x in xs {
                         for r in 0..<x.rows {
@@ -150,6 +151,21 @@ extension BackendSuites {
                     }
                     let (error, failure) = Parity.compare(g.values, xtx.values)
                     #expect(failure.isEmpty && error < 1e-24, "layer \(layer) \(input): \(error)")
+                }
+            }
+            // Batching windows changes nothing: each window alone (its own RoPE positions and
+            // causal mask) gives Grams that sum to the batch's.
+            var sum = want.map { $0.mapValues { Matrix<Double>.zeros(rows: $0.rows, cols: $0.cols) } }
+            for w in Self.windows {
+                let alone = try Calibration.collectGrams(files: files, backend: Backends.reference, windows: [w])
+                for layer in 0..<2 {
+                    for (input, g) in alone[layer] { for i in 0..<g.count { sum[layer][input]!.values[i] += g.values[i] } }
+                }
+            }
+            for layer in 0..<2 {
+                for input in LayerGrams.Input.allCases {
+                    let (error, failure) = Parity.compare(sum[layer][input]!.values, want[layer][input]!.values)
+                    #expect(failure.isEmpty && error < 1e-24, "window by window, layer \(layer) \(input): \(error)")
                 }
             }
             for be: any Backend in [Backends.cpu, try Backends.opencl()] {
