@@ -3,6 +3,9 @@
 // On x86-64 this target is compiled for AVX2 + FMA (Package.swift), so every function here may
 // only run on a CPU that has them: `CPUBackend` checks `CPUFeatures.vectorKernels` first and
 // otherwise keeps its portable loops. On arm64 the vectors are NEON, which every CPU has.
+// Keep the interface to non-generic functions on raw pointers: a generic function instantiated
+// here would be compiled with AVX2, and the linker may keep that copy for other modules too
+// (`nm` on the objects should list only this module's own symbols).
 //
 // Swift's generic SIMD operations are written around NaN rules and rounding modes and compile to
 // library calls per lane (`pointwiseMax`, `.rounded()`, float↔int conversion). The helpers below
