@@ -56,18 +56,22 @@ public enum CompressedCheckpoint {
             to: out, replace: replace, config: source.config, configJSON: try source.config.configJSON(extra: ["sheaf": sheafSection]),
             tokenizer: try source.tokenizerIfPresent(), extraFiles: [CompressedManifest.fileName: try manifest.encoded()]
         ) { () throws(SheafError) in
+            // Deferred: each tensor is read (or its factor encoded) only when the writer reaches it.
             var tensors: [TensorToWrite] = []
             for name in source.tensorNames where !factoredWeights.contains(name) {
-                tensors.append(try TensorToWrite(name: name, shape: try source.info(name).shape, values: try source.float32(name)))
+                tensors.append(try TensorToWrite(name: name, shape: try source.info(name).shape) { () throws(SheafError) in
+                    try source.float32(name)
+                })
             }
             for g in r.groups {
-                tensors.append(try TensorToWrite(name: basisName(g), shape: [g.basisT.rows, g.basisT.cols], values: g.basisT.values))
+                let basisT = g.basisT
+                tensors.append(try TensorToWrite(name: basisName(g), shape: [basisT.rows, basisT.cols]) { basisT.values })
                 for (p, layer) in g.layers.enumerated() {
                     let c = g.coefficientsT[p]
-                    tensors.append(try TensorToWrite(name: g.type.module(layer: layer) + ".coefficients", shape: [c.rows, c.cols], values: c.values))
+                    tensors.append(try TensorToWrite(name: g.type.module(layer: layer) + ".coefficients", shape: [c.rows, c.cols]) { c.values })
                 }
             }
-            progress("writing \(tensors.count) tensors (\(fixed(Double(tensors.reduce(0) { $0 + $1.bytes.count }) / 1e6)) MB)")
+            progress("writing \(tensors.count) tensors (\(fixed(Double(tensors.reduce(0) { $0 + $1.byteCount }) / 1e6)) MB)")
             return tensors
         }
         return manifest
@@ -83,32 +87,48 @@ public enum CompressedCheckpoint {
         try HFExport.writeFolder(
             to: out, replace: replace, config: files.config, configJSON: try files.config.configJSON(), tokenizer: try files.tokenizerIfPresent()
         ) { () throws(SheafError) in
+            // Deferred: each weight is reconstructed when the writer reaches it, so the export
+            // holds the bases and one dense weight at a time, not the whole dense model.
             var tensors: [TensorToWrite] = []
-            var bases: [String: Matrix<Double>] = [:]
+            let bases = BasisCache(files)
             for name in files.tensorNames where !basisNames.contains(name) {
                 let shape = try files.info(name).shape
                 guard name.hasSuffix(".coefficients") else {
-                    tensors.append(try TensorToWrite(name: name, shape: shape, values: try files.float32(name)))
+                    tensors.append(try TensorToWrite(name: name, shape: shape) { () throws(SheafError) in try files.float32(name) })
                     continue
                 }
                 let module = String(name.dropLast(".coefficients".count))
                 guard let basisName = basisByModule[module] else {
                     throw .io(path: files.path, detail: "'\(name)' has no basis in \(CompressedManifest.fileName)")
                 }
-                if bases[basisName] == nil {
-                    let s = try files.info(basisName).shape
-                    bases[basisName] = try Matrix(rows: s[0], cols: s[1], values: try files.float32(basisName)).asDouble
+                let basisShape = try files.info(basisName).shape
+                guard shape.count == 2, basisShape.count == 2, shape[1] == basisShape[0] else {
+                    throw .shapeMismatch(op: "export \(files.path)", detail: "'\(name)' \(shape) against basis '\(basisName)' \(basisShape)")
                 }
-                let basisT = bases[basisName]!
-                guard shape.count == 2, shape[1] == basisT.rows else {
-                    throw .shapeMismatch(op: "export \(files.path)", detail: "'\(name)' \(shape) against basis '\(basisName)' (\(basisT.rows), \(basisT.cols))")
-                }
-                let c = try Matrix(rows: shape[0], cols: shape[1], values: try files.float32(name)).asDouble
-                let w = try LAPACK.multiply(c, basisT)
-                tensors.append(try TensorToWrite(name: module + ".weight", shape: [w.rows, w.cols], values: w.asFloat.values))
+                tensors.append(try TensorToWrite(name: module + ".weight", shape: [shape[0], basisShape[1]]) { () throws(SheafError) in
+                    let c = try Matrix(rows: shape[0], cols: shape[1], values: try files.float32(name)).asDouble
+                    return try LAPACK.multiply(c, try bases.basisT(basisName)).asFloat.values
+                })
             }
-            progress("reconstructed \(basisByModule.count) weights")
+            progress("writing \(tensors.count) tensors, \(basisByModule.count) of them reconstructed")
             return tensors
         }
+    }
+}
+
+/// The (rank, d_in) bases of a compressed checkpoint in Float64, read once each on first use
+/// (the deferred tensors of a dense export share them; used from the writer's one thread).
+private final class BasisCache: @unchecked Sendable {
+    let files: ModelFiles
+    var bases: [String: Matrix<Double>] = [:]
+
+    init(_ files: ModelFiles) { self.files = files }
+
+    func basisT(_ name: String) throws(SheafError) -> Matrix<Double> {
+        if let b = bases[name] { return b }
+        let s = try files.info(name).shape
+        let b = try Matrix(rows: s[0], cols: s[1], values: try files.float32(name)).asDouble
+        bases[name] = b
+        return b
     }
 }

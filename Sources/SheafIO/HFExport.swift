@@ -9,23 +9,23 @@ public enum HFExport {
     /// end; an existing `out` is refused unless `replace`.
     public static func write(
         _ model: ModelFiles, to out: String, dtype: SafetensorsDType = .F32, replace: Bool = false,
-        shardBytes: Int = 5 << 30, progress: (String) -> Void = { _ in }
+        shardBytes: Int = 5 << 30, progress: @escaping (String) -> Void = { _ in }
     ) throws(SheafError) {
         let tokenizer = try model.tokenizer()
         try writeFolder(
             to: out, replace: replace, config: model.config, configJSON: try model.config.configJSON(), tokenizer: tokenizer,
             shardBytes: shardBytes
         ) { () throws(SheafError) in
-            var tensors: [TensorToWrite] = []
-            let t0 = monotonicSeconds()
-            for (i, name) in model.tensorNames.enumerated() {
-                let info = try model.info(name)
-                tensors.append(try TensorToWrite(name: name, shape: info.shape, values: try model.float32(name), as: dtype))
-                if i % 25 == 0 || i == model.tensorNames.count - 1 {
-                    progress("\(i + 1)/\(model.tensorNames.count) tensors read (\(String(format: "%.1f", monotonicSeconds() - t0)) s)")
+            // Deferred: each tensor is read and dequantised when the writer reaches it, so the
+            // conversion holds one tensor at a time, not the whole model in float32.
+            let counter = Counter(total: model.tensorNames.count, progress: progress)
+            return try model.tensorNames.map { (name) throws(SheafError) in
+                try TensorToWrite(name: name, shape: try model.info(name).shape, as: dtype) { () throws(SheafError) in
+                    let values = try model.float32(name)
+                    counter.tick()
+                    return values
                 }
             }
-            return tensors
         }
     }
 
@@ -69,6 +69,24 @@ public enum HFExport {
         } catch {
             try? fm.removeItem(atPath: partial)
             throw error
+        }
+    }
+}
+
+/// Progress of deferred tensors as the writer reaches them (from the writer's one thread).
+private final class Counter: @unchecked Sendable {
+    let total: Int, progress: (String) -> Void, t0 = monotonicSeconds()
+    var done = 0
+
+    init(total: Int, progress: @escaping (String) -> Void) {
+        self.total = total
+        self.progress = progress
+    }
+
+    func tick() {
+        done += 1
+        if done % 25 == 0 || done == total {
+            progress("\(done)/\(total) tensors written (\(String(format: "%.1f", monotonicSeconds() - t0)) s)")
         }
     }
 }

@@ -1,32 +1,40 @@
 import Foundation
 import SheafCore
 
-/// A tensor to write: float values stored as F32, F16 or BF16, or raw bytes of any dtype.
+/// A tensor to write: float values stored as F32, F16 or BF16, or raw bytes of any dtype; given
+/// now, or produced by a closure when the writer reaches the tensor, so that a whole model is
+/// written holding one tensor's bytes at a time.
 public struct TensorToWrite: Sendable {
     public var name: String
     public var shape: [Int]
     public var dtype: SafetensorsDType
-    /// Little-endian bytes as stored.
-    public var bytes: [UInt8]
+    /// Stored size: shape × dtype size.
+    public let byteCount: Int
+    private let content: Content
+
+    private enum Content: Sendable {
+        case stored([UInt8])
+        case deferred(@Sendable () throws(SheafError) -> [UInt8])
+    }
 
     /// Float32 values stored as `dtype` (F32, F16 or BF16; rounding to nearest even).
     public init(name: String, shape: [Int], values: [Float], as dtype: SafetensorsDType = .F32) throws(SheafError) {
-        guard shape.reduce(1, *) == values.count else {
-            throw .shapeMismatch(op: "safetensors write", detail: "tensor '\(name)': shape \(shape) for \(values.count) values")
+        try self.init(name: name, shape: shape, dtype: dtype, bytes: try Self.encode(values, as: dtype, name: name, shape: shape))
+    }
+
+    /// Float32 values from `values()`, called once when the writer reaches this tensor, stored as
+    /// `dtype` (F32, F16 or BF16).
+    public init(
+        name: String, shape: [Int], as dtype: SafetensorsDType = .F32, values: @escaping @Sendable () throws(SheafError) -> [Float]
+    ) throws(SheafError) {
+        guard [.F32, .F16, .BF16].contains(dtype) else {
+            throw .invalidArgument(op: "safetensors write", detail: "tensor '\(name)': float values cannot be stored as \(dtype.rawValue)")
         }
         self.name = name
         self.shape = shape
         self.dtype = dtype
-        switch dtype {
-        case .F32:
-            bytes = values.withUnsafeBytes { [UInt8]($0) }
-        case .F16:
-            bytes = Self.pack16(values.map { HalfFloat.floatToF16($0) })
-        case .BF16:
-            bytes = Self.pack16(values.map { HalfFloat.floatToBF16($0) })
-        default:
-            throw .invalidArgument(op: "safetensors write", detail: "tensor '\(name)': float values cannot be stored as \(dtype.rawValue)")
-        }
+        byteCount = shape.reduce(1, *) * dtype.byteSize
+        content = .deferred { () throws(SheafError) in try Self.encode(try values(), as: dtype, name: name, shape: shape) }
     }
 
     /// Stored bytes as they are; their count must match shape × dtype size.
@@ -37,7 +45,34 @@ public struct TensorToWrite: Sendable {
         self.name = name
         self.shape = shape
         self.dtype = dtype
-        self.bytes = bytes
+        byteCount = bytes.count
+        content = .stored(bytes)
+    }
+
+    /// The stored bytes (running the producer of a deferred tensor).
+    public func storedBytes() throws(SheafError) -> [UInt8] {
+        switch content {
+        case .stored(let bytes): return bytes
+        case .deferred(let produce):
+            let bytes = try produce()
+            guard bytes.count == byteCount else {
+                throw .shapeMismatch(op: "safetensors write", detail: "tensor '\(name)': \(bytes.count) bytes produced for \(byteCount)")
+            }
+            return bytes
+        }
+    }
+
+    static func encode(_ values: [Float], as dtype: SafetensorsDType, name: String, shape: [Int]) throws(SheafError) -> [UInt8] {
+        guard shape.reduce(1, *) == values.count else {
+            throw .shapeMismatch(op: "safetensors write", detail: "tensor '\(name)': shape \(shape) for \(values.count) values")
+        }
+        switch dtype {
+        case .F32: return values.withUnsafeBytes { [UInt8]($0) }
+        case .F16: return pack16(values.map { HalfFloat.floatToF16($0) })
+        case .BF16: return pack16(values.map { HalfFloat.floatToBF16($0) })
+        default:
+            throw .invalidArgument(op: "safetensors write", detail: "tensor '\(name)': float values cannot be stored as \(dtype.rawValue)")
+        }
     }
 
     static func pack16(_ halves: [UInt16]) -> [UInt8] {
@@ -69,12 +104,12 @@ public enum SafetensorsWriter {
         var groups: [[TensorToWrite]] = [[]]
         var groupBytes = 0
         for t in sorted {
-            if groupBytes > 0 && groupBytes + t.bytes.count > shardBytes {
+            if groupBytes > 0 && groupBytes + t.byteCount > shardBytes {
                 groups.append([])
                 groupBytes = 0
             }
             groups[groups.count - 1].append(t)
-            groupBytes += t.bytes.count
+            groupBytes += t.byteCount
         }
         if groups.count == 1 {
             try write(sorted, metadata: metadata, to: (directory as NSString).appendingPathComponent("model.safetensors"))
@@ -89,7 +124,7 @@ public enum SafetensorsWriter {
             for t in group { weightMap[t.name] = name }
             names.append(name)
         }
-        let total = sorted.reduce(0) { $0 + $1.bytes.count }
+        let total = sorted.reduce(0) { $0 + $1.byteCount }
         let index: [String: Any] = ["metadata": ["total_size": total], "weight_map": weightMap]
         let json: Data
         do { json = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys]) } catch {
@@ -99,7 +134,7 @@ public enum SafetensorsWriter {
         return names + ["model.safetensors.index.json"]
     }
 
-    /// One safetensors file at `path`.
+    /// One safetensors file at `path`: the header, then each tensor's bytes as it is produced.
     public static func write(_ tensors: [TensorToWrite], metadata: [String: String] = [:], to path: String) throws(SheafError) {
         let sorted = tensors.sorted { $0.name < $1.name }
         var seen = Set<String>()
@@ -115,17 +150,17 @@ public enum SafetensorsWriter {
         var offset = 0
         for t in sorted {
             let shape = t.shape.map(String.init).joined(separator: ",")
-            parts.append("\(jsonString(t.name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + t.bytes.count)]}")
-            offset += t.bytes.count
+            parts.append("\(jsonString(t.name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(offset + t.byteCount)]}")
+            offset += t.byteCount
         }
         header += parts.joined(separator: ",") + "}"
         var headerBytes = Array(header.utf8)
         while headerBytes.count % 8 != 0 { headerBytes.append(0x20) }
-        var file = Data(capacity: 8 + headerBytes.count + offset)
-        withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { file.append(contentsOf: $0) }
-        file.append(contentsOf: headerBytes)
-        for t in sorted { file.append(contentsOf: t.bytes) }
-        try atomicWrite(file, to: path)
+        try atomicWrite(to: path) { (file) throws(SheafError) in
+            try file.append(withUnsafeBytes(of: UInt64(headerBytes.count).littleEndian) { [UInt8]($0) })
+            try file.append(headerBytes)
+            for t in sorted { try file.append(try t.storedBytes()) }  // one tensor's bytes at a time
+        }
     }
 
     /// A JSON string literal.
@@ -149,16 +184,49 @@ public enum SafetensorsWriter {
 /// Writes `data` to `path` through a temporary file in the same folder, renamed into place
 /// only once fully written: an interrupted run never leaves a file that looks finished.
 public func atomicWrite(_ data: Data, to path: String) throws(SheafError) {
+    try atomicWrite(to: path) { (file) throws(SheafError) in try file.append(data) }
+}
+
+/// A file being written by `atomicWrite(to:_:)`.
+public struct FileSink {
+    let file: UnsafeMutablePointer<FILE>
+    let path: String
+
+    public func append(_ bytes: [UInt8]) throws(SheafError) {
+        let written = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
+        guard written == bytes.count else { throw .io(path: path, detail: "cannot write: \(String(cString: strerror(errno)))") }
+    }
+
+    public func append(_ data: Data) throws(SheafError) {
+        let written = data.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
+        guard written == data.count else { throw .io(path: path, detail: "cannot write: \(String(cString: strerror(errno)))") }
+    }
+}
+
+/// Streams a file to `path`: `body` appends to a temporary file in the same folder, which is
+/// renamed into place once complete, and removed if `body` or a write fails.
+public func atomicWrite(to path: String, _ body: (FileSink) throws(SheafError) -> Void) throws(SheafError) {
     let url = URL(fileURLWithPath: path)
-    let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).partial-\(getpid())")
-    do { try data.write(to: temp) } catch {
-        try? FileManager.default.removeItem(at: temp)
-        throw .io(path: path, detail: "cannot write: \(error.localizedDescription)")
+    let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).partial-\(getpid())").path
+    guard let file = fopen(temp, "wb") else {
+        throw .io(path: path, detail: "cannot write: \(String(cString: strerror(errno)))")
+    }
+    do throws(SheafError) {
+        try body(FileSink(file: file, path: path))
+    } catch {
+        fclose(file)
+        unlink(temp)
+        throw error
+    }
+    guard fclose(file) == 0 else {  // flushes the last buffered bytes: a full disk shows here
+        let reason = String(cString: strerror(errno))
+        unlink(temp)
+        throw .io(path: path, detail: "cannot write: \(reason)")
     }
     // rename(2) replaces an existing file atomically: the old one or the new one, never none.
-    guard rename(temp.path, path) == 0 else {
+    guard rename(temp, path) == 0 else {
         let reason = String(cString: strerror(errno))
-        try? FileManager.default.removeItem(at: temp)
+        unlink(temp)
         throw .io(path: path, detail: "cannot move the finished file into place: \(reason)")
     }
 }

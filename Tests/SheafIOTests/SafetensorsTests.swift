@@ -33,8 +33,8 @@ func temporaryFolder(_ tag: String) throws -> String {
         #expect(file.metadata["note"] == "quote \" and \\ and ünïcode")
         #expect(file.tensorNames == tensors.map(\.name).sorted())
         for t in tensors {
-            #expect(try file.info(t.name) == TensorInfo(name: t.name, shape: t.shape, type: t.dtype.rawValue, byteCount: t.bytes.count))
-            #expect(try file.rawBytes(t.name) == t.bytes)
+            #expect(try file.info(t.name) == TensorInfo(name: t.name, shape: t.shape, type: t.dtype.rawValue, byteCount: t.byteCount))
+            #expect(try file.rawBytes(t.name) == t.storedBytes())
         }
         let original = Matrix<Float>.random(rows: 3, cols: 5, seed: 1).values
         #expect(try file.float32("layers.0.weight") == original)
@@ -67,7 +67,7 @@ func temporaryFolder(_ tag: String) throws -> String {
         #expect(files.last == "model.safetensors.index.json" && files.count > 2)
         let store = try ShardedSafetensors(indexPath: dir + "/model.safetensors.index.json")
         #expect(store.tensorNames == tensors.map(\.name).sorted())
-        for t in tensors { #expect(try store.rawBytes(t.name) == t.bytes) }
+        for t in tensors { #expect(try store.rawBytes(t.name) == t.storedBytes()) }
 
         // An index naming a tensor its shard lacks, or a shard that does not exist.
         let index = dir + "/model.safetensors.index.json"
@@ -81,6 +81,36 @@ func temporaryFolder(_ tag: String) throws -> String {
         object["weight_map"] = map
         try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: index))
         #expect { try ShardedSafetensors(indexPath: index) } throws: { "\($0)".contains("does not exist") }
+    }
+
+    /// Deferred tensors are produced once each, when the writer reaches them, and give the same
+    /// file as the same values given up front; a producer that fails or returns the wrong count
+    /// leaves no file behind.
+    @Test func deferredTensorsStreamAndFailCleanly() throws {
+        let dir = try temporaryFolder("deferred")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        final class Calls: @unchecked Sendable { var names: [String] = [] }
+        let calls = Calls()
+        let a = Matrix<Float>.random(rows: 3, cols: 5, seed: 1).values
+        let deferred = try ["b.weight", "a.weight"].map { name in
+            try TensorToWrite(name: name, shape: [3, 5], as: .F16) { calls.names.append(name); return a }
+        }
+        #expect(calls.names.isEmpty, "nothing is produced before the write")
+        try SafetensorsWriter.write(deferred, to: dir + "/deferred.safetensors")
+        #expect(calls.names == ["a.weight", "b.weight"], "once each, in file order")
+        let eager = try ["b.weight", "a.weight"].map { try TensorToWrite(name: $0, shape: [3, 5], values: a, as: .F16) }
+        try SafetensorsWriter.write(eager, to: dir + "/eager.safetensors")
+        #expect(FileManager.default.contents(atPath: dir + "/deferred.safetensors") == FileManager.default.contents(atPath: dir + "/eager.safetensors"))
+
+        let failing = try TensorToWrite(name: "bad", shape: [2]) { () throws(SheafError) in
+            throw .io(path: "source.gguf", detail: "truncated")
+        }
+        let short = try TensorToWrite(name: "short", shape: [4]) { [1, 2, 3] }
+        for t in [failing, short] {
+            #expect(throws: SheafError.self) { try SafetensorsWriter.write(eager + [t], to: dir + "/broken.safetensors") }
+            let left = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains("broken") }
+            #expect(left.isEmpty, "a failed write leaves nothing: \(left)")
+        }
     }
 
     /// A file with `header` as its JSON and `dataBytes` zero bytes of data.
