@@ -166,13 +166,22 @@ public enum Compressor {
         let key = checksum.map { GramCache.key(modelChecksum: $0, backend: backend, windows: windows) }
         if let cache, let key, cache.contains(key, layers: c.layerCount) {
             progress("calibration Grams from the cache (\(cache.root)/\(key.prefix(12))…)")
-            // A damaged entry is not fatal: read it whole first, and recalibrate if it fails.
-            do throws(SheafError) {
-                let layers = try (0..<c.layerCount).map { (i) throws(SheafError) in try cache.read(key, layer: i) }
+            // One layer at a time, as calibration would deliver them (all 30 layers of SmolLM2 are
+            // 800 MB). A damaged entry is not fatal: drop what was factored and recalibrate.
+            var damaged: SheafError?
+            for i in 0..<c.layerCount {
+                let grams: [LayerGrams.Input: Matrix<Double>]
+                do throws(SheafError) { grams = try cache.read(key, layer: i) } catch {
+                    damaged = error
+                    break
+                }
+                try onLayer(i, grams)
+            }
+            if let damaged {
+                progress("warning: the cached Grams cannot be read (\(damaged.description)); calibrating instead")
+                (factored, pending) = ([:], [:])
+            } else {
                 fromCache = true
-                for (i, grams) in layers.enumerated() { try onLayer(i, grams) }
-            } catch where !fromCache {
-                progress("warning: the cached Grams cannot be read (\(error.description)); calibrating instead")
             }
         }
         if !fromCache {
