@@ -8,6 +8,18 @@ enum Env {
         return v
     }
 
+    /// OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when it loads, and by default its idle
+    /// worker threads spin on `sched_yield` for 2²⁸ rounds between calls, competing with Sheaf's
+    /// own workers (attention, element-wise loops, Gram updates) for the cores: attention took
+    /// 1.0–1.4 s per 2048-token window from run to run, a steady 0.99 s with the variable at 4
+    /// (2⁴ rounds, then sleep). Unless the user set it, the CLI re-executes itself once with it
+    /// set; if that fails it runs on as it is.
+    static func quietOpenBLASThreads() {
+        guard getenv("OPENBLAS_THREAD_TIMEOUT") == nil else { return }
+        setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1)
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+    }
+
     /// Backend options from SHEAF_THREADS, SHEAF_CPU_VECTOR, SHEAF_OPENCL_DEVICE, SHEAF_KERNEL_DIR
     /// and SHEAF_OPENCL_TUNABLES.
     static func backendOptions() throws(UsageError) -> BackendOptions {

@@ -2,6 +2,7 @@ import Foundation
 import SheafCore
 
 // The CLI's top level: dispatch, and turn every error into one line and a non-zero exit.
+Env.quietOpenBLASThreads()
 let args = Array(CommandLine.arguments.dropFirst())
 let status: Int32
 do {
