@@ -63,13 +63,12 @@ public typealias Float8 = SIMD8<Float>
 /// The row loops built on `exp`. Each takes raw float32 pointers and a length; tails shorter
 /// than 8 run one lane at a time through the same vector code, so every element sees one formula.
 public enum VectorKernels {
-    /// Replaces row[0..<count] by e^(row − max(row)) and returns their sum (≥ 1 when count > 0):
-    /// the softmax numerators; the caller divides by the sum where it is cheapest.
-    public static func softmaxNumerators(_ row: UnsafeMutablePointer<Float>, count: Int) -> Float {
+    /// max(row[0..<count]), −∞ when count is 0.
+    static func maximum(_ row: UnsafePointer<Float>, count: Int) -> Float {
         var lanesMax = Float8(repeating: -.infinity)
         var i = 0
         while i + 8 <= count {
-            lanesMax = maximum(lanesMax, load(row + i))
+            lanesMax = SheafCPUKernels.maximum(lanesMax, load(row + i))
             i += 8
         }
         var rowMax = horizontalMax(lanesMax)
@@ -77,9 +76,15 @@ public enum VectorKernels {
             rowMax = max(rowMax, row[i])
             i += 1
         }
-        let shift = Float8(repeating: rowMax)
+        return rowMax
+    }
+
+    /// Replaces row[0..<count] by e^(row − max(row)) and returns their sum (≥ 1 when count > 0):
+    /// the softmax numerators; the caller divides by the sum where it is cheapest.
+    public static func softmaxNumerators(_ row: UnsafeMutablePointer<Float>, count: Int) -> Float {
+        let rowMax = maximum(row, count: count), shift = Float8(repeating: rowMax)
+        var i = 0
         var lanesSum = Float8()
-        i = 0
         while i + 8 <= count {
             let e = exp(load(row + i) - shift)
             store(e, row + i)
@@ -99,20 +104,9 @@ public enum VectorKernels {
     /// log Σ e^row[j] over row[0..<count], as max + log Σ e^(row − max); the sum is carried in
     /// Float64 across blocks of 1024 so a 49,152-entry vocabulary loses nothing to float32 sums.
     public static func logSumExp(_ row: UnsafePointer<Float>, count: Int) -> Double {
-        var lanesMax = Float8(repeating: -.infinity)
+        let rowMax = maximum(row, count: count), shift = Float8(repeating: rowMax)
         var i = 0
-        while i + 8 <= count {
-            lanesMax = maximum(lanesMax, load(row + i))
-            i += 8
-        }
-        var rowMax = horizontalMax(lanesMax)
-        while i < count {
-            rowMax = max(rowMax, row[i])
-            i += 1
-        }
-        let shift = Float8(repeating: rowMax)
         var total = 0.0
-        i = 0
         while i + 8 <= count {
             var lanesSum = Float8()
             let end = min(count, i + 1024)
