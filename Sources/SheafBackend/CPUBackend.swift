@@ -191,6 +191,45 @@ public enum CPUFeatures {
         #endif
     }()
 
+    /// The CPU as `sheaf doctor` reports it: model name and the vector extensions that decide
+    /// which kernels OpenBLAS and SheafCPUKernels can run.
+    public struct Description: Sendable, Codable {
+        public var model: String
+        public var architecture: String
+        /// Of interest, in this order, those present: AVX, AVX2, FMA, AVX-512 F/BW/VL/DQ, AVX-512
+        /// BF16, AVX-512 FP16, AMX (x86-64); NEON, SVE, BF16 (arm64).
+        public var extensions: [String]
+    }
+
+    public static let description: Description = {
+        let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let lines = info.split(separator: "\n")
+        func field(_ key: String) -> String? {
+            lines.first { $0.hasPrefix(key) && $0.contains(":") }.map {
+                String($0[$0.index(after: $0.firstIndex(of: ":")!)...]).trimmingCharacters(in: .whitespaces)
+            }
+        }
+        #if arch(x86_64)
+        let names = Set((field("flags") ?? "").split(separator: " ").map(String.init))
+        let known: [(String, String)] = [
+            ("avx", "AVX"), ("avx2", "AVX2"), ("fma", "FMA"), ("avx512f", "AVX-512F"), ("avx512bw", "AVX-512BW"),
+            ("avx512vl", "AVX-512VL"), ("avx512dq", "AVX-512DQ"), ("avx512_bf16", "AVX-512BF16"),
+            ("avx512_fp16", "AVX-512FP16"), ("amx_tile", "AMX"),
+        ]
+        return Description(
+            model: field("model name") ?? "unknown x86-64", architecture: "x86_64",
+            extensions: known.filter { names.contains($0.0) }.map(\.1))
+        #else
+        let names = Set((field("Features") ?? "").split(separator: " ").map(String.init))
+        let known: [(String, String)] = [("asimd", "NEON"), ("sve", "SVE"), ("sve2", "SVE2"), ("bf16", "BF16")]
+        // arm64 has NEON in every CPU, also where /proc/cpuinfo is missing (macOS).
+        var extensions = known.filter { names.contains($0.0) }.map(\.1)
+        if !extensions.contains("NEON") { extensions.insert("NEON", at: 0) }
+        let model = field("model name") ?? field("Model") ?? field("CPU part").map { "CPU part \($0)" } ?? "unknown arm64"
+        return Description(model: model, architecture: "arm64", extensions: extensions)
+        #endif
+    }()
+
     #if arch(x86_64)
     public static let vectorISA = "AVX2"
     #else

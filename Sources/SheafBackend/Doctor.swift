@@ -6,10 +6,16 @@ import SheafCore
 /// parity check of every op on every available backend against the reference.
 public struct DoctorReport: Sendable, Codable {
     public struct OpenBLASInfo: Sendable, Codable {
+        /// The kernel set OpenBLAS runs (its DYNAMIC_ARCH pick, or OPENBLAS_CORETYPE's).
         public var core: String
         public var threads: Int
+        /// The build: version, DYNAMIC_ARCH, the kernel set it was compiled for, MAX_THREADS.
         public var config: String
+        /// OPENBLAS_CORETYPE when set: the kernel set is then the user's choice, not OpenBLAS's.
+        public var coreTypeOverride: String?
     }
+
+    public var cpu: CPUFeatures.Description
 
     public var openCLDevices: [OpenCLDeviceInfo]
     /// Why OpenCL could not be listed or started, when it could not.
@@ -26,7 +32,9 @@ public struct DoctorReport: Sendable, Codable {
 
 public enum Doctor {
     /// Runs the checks. OpenCL problems are reported in the report (and fail it), not thrown.
-    public static func run(options: BackendOptions) -> DoctorReport {
+    /// `openBLASCoreType` is OPENBLAS_CORETYPE as the CLI read it (environment variables are the
+    /// CLI's to read).
+    public static func run(options: BackendOptions, openBLASCoreType: String? = nil) -> DoctorReport {
         let cpu = CPUBackend(threads: options.threads, vectorKernels: options.cpuVectorKernels)
         let reference = ReferenceBackend()
         var devices: [OpenCLDeviceInfo] = []
@@ -44,8 +52,10 @@ public enum Doctor {
             openCLError = error.description
         }
         return DoctorReport(
-            openCLDevices: devices, openCLError: openCLError, openCLTunables: tunables,
-            openBLAS: .init(core: CPUBackend.openBLASCore, threads: cpu.threads, config: CPUBackend.openBLASConfig),
+            cpu: CPUFeatures.description, openCLDevices: devices, openCLError: openCLError, openCLTunables: tunables,
+            openBLAS: .init(
+                core: CPUBackend.openBLASCore, threads: cpu.threads, config: CPUBackend.openBLASConfig,
+                coreTypeOverride: openBLASCoreType),
             cpuLoops: cpu.vectorKernels ? "\(CPUFeatures.vectorISA) vector" : "portable",
             autoBackend: BackendSelection.resolveAuto(options).rawValue, parity: parity)
     }

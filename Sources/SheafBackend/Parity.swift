@@ -1,3 +1,4 @@
+import Foundation
 import SheafCore
 
 /// The outcome of comparing one op on one backend against the `reference` backend.
@@ -18,17 +19,70 @@ public struct ParityResult: Sendable, Codable {
 /// Each check, in order: guard bands around the output untouched -> no NaN -> infinities
 /// agree -> error under the op's tolerance.
 public enum Parity {
-    /// Tolerances on the normalised MSE. Float32 products of K terms carry a relative error
-    /// near 1e-7·√K, a normalised MSE near 1e-14·K: 1e-9 leaves room for K up to ~10⁴ and
-    /// still catches one dropped term in a few thousand.
-    public static let float32ProductTolerance = 1e-9
-    /// Float64 arithmetic on float32 inputs (whitening products, solves, cluster sums).
-    public static let float64Tolerance = 1e-18
-    /// Element-wise float32 ops against Float64: one rounding per element, a normalised MSE
-    /// near 1e-15.
-    public static let elementwiseTolerance = 1e-12
-    /// ‖A − LLᵀ‖_F / ‖A‖_F for a Cholesky factor.
-    public static let factorTolerance = 1e-12
+    // Tolerances, each derived from the op's operation count and the unit roundoff (see
+    // `Roundoff`): worst-case bounds that hold for any summation order or blocking a BLAS or a
+    // kernel may choose, not values tuned to one machine. The reference's own Float64 error is
+    // below 2⁻⁵³·n and is neglected next to Float32's. One line each says how.
+
+    /// A Float32 product of `k` terms, scaled by α and added to β·C, stored as Float32: k + 3
+    /// roundings per output.
+    public static func productTolerance(k: Int) -> Double { Roundoff.nmse(terms: k + 3) }
+    /// Float64 arithmetic on exact inputs (Float32 widened, or Float64): `n` Float64 roundings.
+    public static func float64Tolerance(n: Int) -> Double { Roundoff.nmse(terms: n + 1, unit: Roundoff.float64) }
+    /// An element-wise Float32 op whose result passes through `ulps` ulps of error in all (an ulp
+    /// is at most 2u relative): no sum, so no growth with size; κ = 1.
+    public static func elementwiseTolerance(ulps: Double) -> Double { (2 * ulps * Roundoff.float32) * (2 * ulps * Roundoff.float32) }
+    /// ‖A + shift·I − LLᵀ‖_F / ‖A‖_F of a Float64 Cholesky factor: |ΔA| ≤ γ_{n+1}·|L||Lᵀ| (Higham,
+    /// Thm 10.3) and ‖|L||Lᵀ|‖_F ≤ ‖L‖_F² = trace(A + shift·I) ≤ √n·‖A‖_F + n·|shift|.
+    public static func factorTolerance(n: Int, normA: Double, shift: Double) -> Double {
+        Roundoff.gamma(n + 1, unit: Roundoff.float64) * (Double(n).squareRoot() + Double(n) * abs(shift) / max(normA, .leastNormalMagnitude))
+    }
+
+    /// softmax(q·kᵀ/√hd)·v on data in [−1, 1]: a score errs by δ ≤ γ_{hd+2}·√hd in absolute terms,
+    /// so each weight exp(s − max)/Σ by 2δ plus exp (3 ulp), the sum of `keys` terms and the
+    /// division: ≤ 2δ + γ_{keys+12} relative; Σ p·v adds γ_keys relative to Σ p·|v|, and for
+    /// zero-mean v, (Σ p|v|)² / (Σ p v)² ≤ keys in expectation (κ).
+    public static func attentionTolerance(keys: Int, headDim: Int) -> Double {
+        let delta = Roundoff.gamma(headDim + 2, unit: Roundoff.float32) * Double(headDim).squareRoot()
+        let relative = 2 * delta + 2 * Roundoff.gamma(keys + 12, unit: Roundoff.float32)
+        return relative * relative * Double(keys)
+    }
+
+    /// ‖x‖² − 2x·c + ‖c‖² with d-term products and 3 more roundings errs by γ_{d+3}·Mᵢⱼ, Mᵢⱼ =
+    /// ‖xᵢ‖² + 2Σ|xᵢ||cⱼ| + ‖cⱼ‖²; bounded from the data, since close points cancel.
+    static func distanceTolerance(_ points: Matrix<Float>, _ centroids: Matrix<Float>) -> Double {
+        let g = Roundoff.gamma(points.cols + 3, unit: Roundoff.float32)
+        var num = 0.0, den = 0.0
+        for i in 0..<points.rows {
+            for j in 0..<centroids.rows {
+                var magnitude = 0.0, distance = 0.0
+                for t in 0..<points.cols {
+                    let (x, c) = (Double(points[i, t]), Double(centroids[j, t]))
+                    magnitude += x * x + 2 * abs(x * c) + c * c
+                    distance += (x - c) * (x - c)
+                }
+                num += g * g * magnitude * magnitude
+                den += distance * distance
+            }
+        }
+        return den == 0 ? num : num / den
+    }
+
+    /// nll = m + log Σ exp(x − m) − x_t, bounded row by row from the data: x − m rounds by
+    /// u·(max − min), exp by 3 ulp, the positive sum of V terms by γ_V (relative), log by 3 ulp of
+    /// log Σ ≤ log V, and the last add and subtract by u·(|m| + log V + |x_t|) each.
+    static func crossEntropyTolerance(_ logits: Matrix<Float>, targets: [Int32], nll reference: [Float]) -> Double {
+        let u = Roundoff.float32, v = logits.cols, logV = Foundation.log(Double(max(v, 1)))
+        var num = 0.0, den = 0.0
+        for r in 0..<logits.rows {
+            let row = (0..<v).map { Double(logits[r, $0]) }
+            let (hi, lo) = (row.max() ?? 0, row.min() ?? 0), xt = row[Int(targets[r])]
+            let e = Roundoff.gamma(v, unit: u) + u * ((hi - lo) + 6 + 6 * logV + 2 * (abs(hi) + logV + abs(xt)))
+            num += e * e
+            den += Double(reference[r]) * Double(reference[r])
+        }
+        return den == 0 ? num : num / den
+    }
 
     static let guardValue: Float = -7777.25
     static let guardDouble: Double = -7777.25
@@ -128,7 +182,7 @@ public enum Parity {
                 transposeB: transposeB, into: out, alpha: alpha, beta: beta)
         }
         let shape = "\(m)x\(n)x\(k) \(transposeA ? "T" : "N")\(transposeB ? "T" : "N")\(strided ? " strided" : "")"
-        return result("gemm", backend, shape, error, float32ProductTolerance, f)
+        return result("gemm", backend, shape, error, productTolerance(k: k), f)
     }
 
     /// Accumulates `chunks` chunks of (rows, d) into a Gram that starts from a random symmetric matrix.
@@ -145,7 +199,9 @@ public enum Parity {
             }
         }
         return result(
-            "gram", backend, "\(chunks)x(\(rows), \(d))\(strided ? " strided" : "")", error, float32ProductTolerance, f)
+            "gram", backend, "\(chunks)x(\(rows), \(d))\(strided ? " strided" : "")", error,
+            // Each chunk is a Float32 product of `rows` terms; the chunks add in Float64 (DESIGN.md).
+            productTolerance(k: rows), f)
     }
 
     /// A random symmetric (n, n) matrix.
@@ -196,14 +252,18 @@ public enum Parity {
         }
         let f = try backend.cholesky(a), r = try reference.cholesky(a)
         let (residual, lower) = choleskyResidual(a, f)
+        let normA = a.values.reduce(0) { $0 + $1 * $1 }.squareRoot()
         var failure = lower ? "" : "factor is not lower-triangular"
         if f.usedFallback != indefinite || r.usedFallback != indefinite {
             failure = "fallback used: \(f.usedFallback), reference: \(r.usedFallback), expected \(indefinite)"
-        } else if abs(f.shift - r.shift) > 1e-8 * max(1, abs(r.shift)) {
+        } else if abs(f.shift - r.shift) > 2 * Roundoff.gamma(n * n, unit: Roundoff.float64) * normA {
+            // shift = −λmin + ε; a backward-stable symmetric eigensolver (dsyevd, Jacobi) errs by at
+            // most p(n)·u·‖A‖ with p(n) ≤ n² (Wilkinson), and the two solvers' errors add.
             failure = "shift \(f.shift) vs reference \(r.shift)"
         }
         return result(
-            "cholesky", backend, "(\(n), \(n))\(indefinite ? " indefinite" : "")", residual, factorTolerance, failure)
+            "cholesky", backend, "(\(n), \(n))\(indefinite ? " indefinite" : "")", residual,
+            factorTolerance(n: n, normA: normA, shift: f.shift), failure)
     }
 
     public static func multiplyLower(
@@ -218,7 +278,7 @@ public enum Parity {
             try be.multiplyLower(input(be, w, strided: strided), lv, into: out)
         }
         return result(
-            "multiplyLower", backend, "(\(m), \(n))\(strided ? " strided" : "")", error, float64Tolerance, f)
+            "multiplyLower", backend, "(\(m), \(n))\(strided ? " strided" : "")", error, float64Tolerance(n: n), f)
     }
 
     public static func solveLower(
@@ -232,7 +292,10 @@ public enum Parity {
             try be.solveLowerRight(out, lv)
         }
         return result(
-            "solveLowerRight", backend, "(\(m), \(n))\(strided ? " strided" : "")", error, float64Tolerance * 1e4, f)
+            "solveLowerRight", backend, "(\(m), \(n))\(strided ? " strided" : "")", error,
+            // Backward stable: (L + ΔL)x = y with |ΔL| ≤ γ_n|L|, so ‖Δx‖/‖x‖ ≤ κ₂(L)·√n·γ_n. L is the
+            // Cholesky factor of XᵀX/2n + 0.1·I with |x| ≤ 1: λ ∈ [0.1, n + 0.1], κ₂(L)² ≤ 10n + 1.
+            Double(10 * n + 1) * Double(n) * Roundoff.gamma(n, unit: Roundoff.float64) * Roundoff.gamma(n, unit: Roundoff.float64), f)
     }
 
     public static func kmeansDistances(
@@ -249,7 +312,7 @@ public enum Parity {
         }
         return result(
             "kmeansDistances", backend, "m \(m) k \(k) d \(d)\(strided ? " strided" : "")", error,
-            float32ProductTolerance, f)
+            distanceTolerance(p, c), f)
     }
 
     /// Assignment on the same distance matrix (with planted ties): labels and minima must match
@@ -294,7 +357,8 @@ public enum Parity {
         var (error, f) = failure.isEmpty ? compare(outs[0].0.values, outs[1].0.values) : (.nan, failure)
         if f.isEmpty && outs[0].1 != outs[1].1 { f = "counts differ" }
         return result(
-            "kmeansAccumulate", backend, "m \(m) k \(k) d \(d)\(strided ? " strided" : "")", error, float64Tolerance, f)
+            // Float64 sums of at most m Float32 points.
+            "kmeansAccumulate", backend, "m \(m) k \(k) d \(d)\(strided ? " strided" : "")", error, float64Tolerance(n: m), f)
     }
 
     // MARK: forward-pass ops
@@ -308,7 +372,10 @@ public enum Parity {
             (be, out) throws(SheafError) in
             try be.rmsNorm(input(be, x, strided: strided), weight: be.upload(w), eps: 1e-5, into: out)
         }
-        return result("rmsNorm", backend, "(\(rows), \(d))\(strided ? " strided" : "")", error, float32ProductTolerance, f)
+        // A positive sum of d squares (relative γ_d, halved by the square root), then /d, +ε, rsqrt
+        // (≤ 2 ulp in OpenCL), ·scale, ·w: γ_{d+8} relative per output, no cancellation (κ = 1).
+        let bound = Roundoff.gamma(d + 8, unit: Roundoff.float32)
+        return result("rmsNorm", backend, "(\(rows), \(d))\(strided ? " strided" : "")", error, bound * bound, f)
     }
 
     public static func rope(
@@ -319,7 +386,11 @@ public enum Parity {
             (be, out) throws(SheafError) in
             try be.rope(out, headDim: headDim, positionOffset: offset, theta: 10_000)
         }
-        return result("rope", backend, "\(tokens) tokens \(heads)x\(headDim) from \(offset)", error, float32ProductTolerance, f)
+        // The angle in Float64, cos and sin rounded to Float32 (1 rounding each), a·c − b·s (3): γ_5
+        // relative to |a||c| + |b||s|, whose square is at most twice the pair's a² + b² (κ = 2).
+        // An angle computed in Float32 errs by u·position and fails this, as it should at 2000.
+        let bound = Roundoff.gamma(5, unit: Roundoff.float32)
+        return result("rope", backend, "\(tokens) tokens \(heads)x\(headDim) from \(offset)", error, 2 * bound * bound, f)
     }
 
     public static func attention(
@@ -338,7 +409,7 @@ public enum Parity {
         }
         return result(
             "causalAttention", backend, "q \(queries) k \(keys) heads \(heads)/\(kvHeads)x\(headDim)", error,
-            float32ProductTolerance, f)
+            attentionTolerance(keys: keys, headDim: headDim), f)
     }
 
     public static func siluMultiply(_ backend: any Backend, _ reference: any Backend, rows: Int, cols: Int, seed: UInt64 = 1)
@@ -351,7 +422,9 @@ public enum Parity {
             (be, out) throws(SheafError) in
             try be.siluMultiply(gate: input(be, g, strided: true), up: be.upload(u), into: out)
         }
-        return result("siluMultiply", backend, "(\(rows), \(cols))", error, elementwiseTolerance, f)
+        // g·u/(1 + exp(−g)): exp ≤ 3 ulp (OpenCL; the cpu loop's ≤ 2), division ≤ 2.5 ulp (OpenCL),
+        // the add and two products 0.5 ulp each: 7 ulp.
+        return result("siluMultiply", backend, "(\(rows), \(cols))", error, elementwiseTolerance(ulps: 7), f)
     }
 
     public static func add(_ backend: any Backend, _ reference: any Backend, rows: Int, cols: Int, seed: UInt64 = 1)
@@ -363,7 +436,8 @@ public enum Parity {
             (be, out) throws(SheafError) in
             try be.add(input(be, x, strided: true), into: out)
         }
-        return result("add", backend, "(\(rows), \(cols))", error, elementwiseTolerance, f)
+        // One correctly rounded Float32 add, against the reference's own rounding of the exact sum.
+        return result("add", backend, "(\(rows), \(cols))", error, elementwiseTolerance(ulps: 1), f)
     }
 
     /// Logits scaled to ±20 so the softmax is peaked, as a trained model's is.
@@ -382,7 +456,9 @@ public enum Parity {
             got.append(try be.download(nll))
         }
         let (error, f) = compare(got[0], got[1])
-        return result("crossEntropy", backend, "(\(rows), \(vocabulary))", error, float32ProductTolerance, f)
+        return result(
+            "crossEntropy", backend, "(\(rows), \(vocabulary))", error,
+            crossEntropyTolerance(logits, targets: targets, nll: got[1]), f)
     }
 
     /// One case of every op at moderate, tile-unfriendly sizes: what `sheaf doctor` runs.

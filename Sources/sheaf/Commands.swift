@@ -36,9 +36,11 @@ let mainHelp = """
 let doctorHelp = """
     USAGE: sheaf doctor [--json]
 
-    Lists OpenCL platforms and devices (type, compute units, memory, fp64), the OpenBLAS core
-    and thread count, and which backend 'auto' picks; then runs one parity case of every op
-    on cpu and opencl against the plain-Swift Float64 reference backend.
+    Lists the CPU (model, vector extensions: AVX2, AVX-512 F/BW/VL/DQ/BF16, NEON, ...), OpenCL
+    platforms and devices (type, compute units, memory, fp64), the OpenBLAS build, the kernel
+    set it runs (its own choice, or OPENBLAS_CORETYPE's) and its thread count, and which backend
+    'auto' picks; then runs one parity case of every op on cpu and opencl against the plain-Swift
+    Float64 reference backend, each under a tolerance derived from the op's rounding count.
     Exit code 1 if any check fails or OpenCL cannot start.
 
     OPTIONS:
@@ -65,11 +67,12 @@ enum Commands {
         let a = try Arguments(args, options: [], flags: ["json", "help"])
         if a.flag("help") { print(doctorHelp); return 0 }
         guard a.positionals.isEmpty else { throw UsageError(description: "doctor takes no arguments") }
-        let report = Doctor.run(options: try Env.backendOptions())
+        let report = Doctor.run(options: try Env.backendOptions(), openBLASCoreType: Env.get("OPENBLAS_CORETYPE"))
         if a.flag("json") {
             try printJSON(DoctorJSON(report))
             return report.passed ? 0 : 1
         }
+        print("CPU: \(report.cpu.model) (\(report.cpu.architecture); \(report.cpu.extensions.isEmpty ? "no vector extensions listed" : report.cpu.extensions.joined(separator: " ")))")
         print("OpenCL devices:")
         if report.openCLDevices.isEmpty { print("  none") }
         for d in report.openCLDevices {
@@ -81,7 +84,8 @@ enum Commands {
             print("OpenCL kernel tunables: TS=\(t.tileSize) TK=\(t.reductionStep) USE_LOCAL=\(t.useLocalMemory ? 1 : 0)")
         }
         if let e = report.openCLError { print("OpenCL: FAIL \(e)") }
-        print("OpenBLAS: core \(report.openBLAS.core), \(report.openBLAS.threads) threads (\(report.openBLAS.config))")
+        let chosen = report.openBLAS.coreTypeOverride.map { "set by OPENBLAS_CORETYPE=\($0)" } ?? "OpenBLAS's own choice"
+        print("OpenBLAS: core \(report.openBLAS.core) (\(chosen)), \(report.openBLAS.threads) threads (\(report.openBLAS.config))")
         print("cpu row loops: \(report.cpuLoops)")
         print("auto backend: \(report.autoBackend)")
         print("Parity against the Float64 reference (normalised MSE, or the factor's residual for cholesky):")

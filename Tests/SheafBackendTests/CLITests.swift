@@ -1,4 +1,5 @@
 import Foundation
+import SheafBackend
 import Testing
 
 /// The `sheaf` binary as a user runs it: exit codes, one-line errors, JSON that parses.
@@ -47,6 +48,25 @@ extension BackendSuites {
             #expect(backends == ["cpu", "opencl"], "backends checked: \(backends)")
             #expect(parity.count == 32)
             #expect((report?["openCLDevices"] as? [Any])?.isEmpty == false)
+            let cpu = report?["cpu"] as? [String: Any]
+            #expect((cpu?["model"] as? String)?.isEmpty == false)
+            // The extensions listed are the ones the backend's own check sees.
+            let extensions = cpu?["extensions"] as? [String] ?? []
+            #expect(extensions.contains(CPUFeatures.vectorISA) == CPUFeatures.vectorKernels, "\(extensions)")
+        }
+
+        /// OPENBLAS_CORETYPE is reported as an override, and OpenBLAS then runs that kernel set.
+        @Test func doctorReportsTheOpenBLASCoreTypeOverride() throws {
+            let override = try sheaf(["doctor", "--json"], env: ["OPENBLAS_CORETYPE": "Prescott"])
+            let json = try JSONSerialization.jsonObject(with: Data(override.stdout.utf8)) as? [String: Any]
+            let blas = (json?["report"] as? [String: Any])?["openBLAS"] as? [String: Any]
+            #expect(blas?["coreTypeOverride"] as? String == "Prescott")
+            #expect(blas?["core"] as? String == "Prescott", "\(blas ?? [:])")
+            let plain = try sheaf(["doctor"])
+            if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil {
+                #expect(plain.stdout.contains("OpenBLAS's own choice"), "\(plain.stdout)")
+            }
+            #expect(plain.stdout.contains("CPU: "))
         }
 
         @Test func benchQuickPrintsFiguresAsJSON() throws {

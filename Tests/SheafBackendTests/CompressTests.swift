@@ -40,6 +40,27 @@ enum CompressFixture {
         return try ModelFiles.open(out)
     }
 
+    /// The largest condition number λmax/λmin of the model's calibration Grams: how much the
+    /// calibration weighting can magnify a relative error in the weights.
+    static func gramCondition(_ files: ModelFiles) throws -> Double {
+        var worst = 1.0
+        for layer in try Calibration.collectGrams(files: files, backend: Backends.cpu, windows: windows) {
+            for g in layer.values {
+                let lambda = try LAPACK.symmetricEigenvalues(g)
+                worst = max(worst, (lambda.max() ?? 1) / max(lambda.min() ?? 1, .leastNormalMagnitude))
+            }
+        }
+        return worst
+    }
+
+    /// Relative error, in the calibration norm ‖X·ᵀ‖, of a rank-k product of factors stored as
+    /// Float32: each entry rounds once per factor and the k-term product adds γ_k, so the product
+    /// errs by γ_{k+2}·|B||C| with ‖|B||C|‖² ≤ k·‖BC‖² (κ, as in Roundoff.nmse), magnified by at
+    /// most κ₂(G) in squared calibration norm.
+    static func factorRounding(rank k: Int, gramCondition: Double) -> Double {
+        Roundoff.gamma(k + 2, unit: Roundoff.float32) * (Double(k) * gramCondition).squareRoot()
+    }
+
     static func nmse(_ a: [Float], _ b: [Float]) -> Double {
         var num = 0.0, den = 0.0
         for (x, y) in zip(a, b) { num += Double(x - y) * Double(x - y); den += Double(y) * Double(y) }
@@ -67,14 +88,25 @@ extension BackendSuites {
             let compressed = try F.write(r, source: source, tag: "full-\(refit)")
             #expect(compressed.manifest?.refit == (refit == .on))
             let dense = try logits(source, Backends.cpu), factored = try logits(compressed, Backends.cpu)
-            #expect(F.nmse(factored, dense) < 1e-10, "nMSE \(F.nmse(factored, dense))")
-            for g in r.groups { #expect(g.error < 1e-10, "\(g.type) \(g.layers): error \(g.error)") }
+            // Two computations of the logits, one with a rank-64 product (and its Float32 factors)
+            // after each linear: the forward path's bound (Support.swift).
+            let bound = ForwardPath.logitsNMSEBetween(source.config, keys: F.evalTokens.count, rank: 64 + 2)
+            #expect(F.nmse(factored, dense) < bound, "nMSE \(F.nmse(factored, dense)) (bound \(bound))")
+            let kappa = try F.gramCondition(source)
+            for g in r.groups {
+                // At full rank only the factors' Float32 rounding remains.
+                let rounding = pow(F.factorRounding(rank: g.rank, gramCondition: kappa), 2)
+                #expect(g.error < rounding, "\(g.type) \(g.layers): error \(g.error) (bound \(rounding))")
+            }
 
             let exported = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-exported-\(getpid())-\(refit)").path
             try CompressedCheckpoint.exportDense(compressed, to: exported, replace: true)
             let hf = try ModelFiles.open(exported)
             #expect(hf.manifest == nil && hf.tensorNames == source.tensorNames)
-            #expect(F.nmse(try logits(hf, Backends.cpu), factored) < 1e-12)
+            // The export multiplies the same Float32 factors once (rank-64 products rounded to
+            // Float32), then runs dense: within the same two-computation bound.
+            let exportedError = F.nmse(try logits(hf, Backends.cpu), factored)
+            #expect(exportedError < bound, "exported vs factored nMSE \(exportedError) (bound \(bound))")
         }
 
         /// Basis Sharing with n = 1 is SVD-LLM: the same factors, bit for bit.
@@ -97,9 +129,13 @@ extension BackendSuites {
             let whitened = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM))
             let plain = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svd))
             var sumW = 0.0, sumP = 0.0
+            let kappa = try F.gramCondition(source)
             for (w, p) in zip(whitened.groups, plain.groups) {
                 #expect(w.rank == p.rank)
-                #expect(w.error <= p.error * (1 + 1e-9), "\(w.type) \(w.layers): whitened \(w.error), plain \(p.error)")
+                // Exact arithmetic gives w ≤ p; the Float32 factors move each √error by at most ρ.
+                let rho = F.factorRounding(rank: w.rank, gramCondition: kappa)
+                let slack = 2 * rho * (w.error.squareRoot() + p.error.squareRoot()) + 2 * rho * rho
+                #expect(w.error <= p.error + slack, "\(w.type) \(w.layers): whitened \(w.error), plain \(p.error) (slack \(slack))")
                 sumW += w.error
                 sumP += p.error
             }
@@ -114,21 +150,36 @@ extension BackendSuites {
             let options = F.options(.basisSharing, ratio: 0.3, groupSize: 2)
             let cpu = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: options)
             let cl = try Compressor.compress(files: source, backend: try Backends.opencl(), windows: F.windows, options: options)
+            // The two backends' Grams differ by ε_G (ForwardTests' gram bound, 240 rows, 40 keys);
+            // the whitening factor then by at most κ₂(G)·ε_G relative (Cholesky perturbation), and
+            // so does the whitened stack M (Weyl: |Δσᵢ| ≤ ‖ΔM‖₂ ≤ σ₁·κ₂(G)·ε_G).
+            let rho = ForwardPath.logitsNMSE(source.config, keys: 40).squareRoot()
+            let gramError = 2 * 2 * rho + 2 * Roundoff.gamma(240 + 2, unit: Roundoff.float32) * 240.0.squareRoot()
+            let stackError = try F.gramCondition(source) * gramError
+            var reconstructionBound = 0.0
             for (a, b) in zip(cpu.groups, cl.groups) {
-                let k = a.rank
-                let sa = Array(a.singularValues.prefix(k)).map(Float.init), sb = Array(b.singularValues.prefix(k)).map(Float.init)
-                #expect(F.nmse(sb, sa) < 1e-10, "\(a.type) \(a.layers) singular values")
+                let k = a.rank, sigma = a.singularValues
+                let sa = Array(sigma.prefix(k)).map(Float.init), sb = Array(b.singularValues.prefix(k)).map(Float.init)
+                let svBound = pow(stackError * sigma[0], 2) * Double(k) / sigma.prefix(k).reduce(0) { $0 + $1 * $1 }
+                #expect(F.nmse(sb, sa) < svBound, "\(a.type) \(a.layers) singular values: \(F.nmse(sb, sa)) (bound \(svBound))")
+                // The rank-k truncation moves by ‖ΔM‖·(1 + 2σ₁/(σ_k − σ_{k+1})) (Wedin's sin θ
+                // theorem for the kept subspaces), relative to ‖M_k‖ ≥ σ₁: a cut inside a cluster
+                // of close singular values is allowed to swap vectors, a cut at a gap is not.
+                let gap = k < sigma.count ? sigma[k - 1] - sigma[k] : sigma[k - 1]
+                let bound = pow(stackError * (1 + 2 * sigma[0] / max(gap, .leastNormalMagnitude)), 2)
+                reconstructionBound = max(reconstructionBound, bound)
                 for i in a.layers.indices {
                     let ra = try a.reconstruction(i).asFloat.values, rb = try b.reconstruction(i).asFloat.values
-                    // Ranks cut inside clusters of close singular values could swap vectors; here they
-                    // are distinct, so the reconstructions agree to float32 Gram rounding.
-                    #expect(F.nmse(rb, ra) < 1e-6, "\(a.type) layer \(a.layers[i]): reconstruction nMSE \(F.nmse(rb, ra))")
+                    #expect(F.nmse(rb, ra) < bound, "\(a.type) layer \(a.layers[i]): reconstruction nMSE \(F.nmse(rb, ra)) (bound \(bound))")
                 }
             }
             let filesCPU = try F.write(cpu, source: source, tag: "cpu"), filesCL = try F.write(cl, source: source, tag: "cl")
             let pCPU = try Perplexity.evaluate(try LlamaModel(files: filesCPU, backend: Backends.cpu), windows: [F.evalTokens]).perplexity
             let pCL = try Perplexity.evaluate(try LlamaModel(files: filesCL, backend: try Backends.opencl()), windows: [F.evalTokens]).perplexity
-            #expect(abs(pCL - pCPU) / pCPU < 1e-4, "perplexity cpu \(pCPU), opencl \(pCL)")
+            // Logits differ by the weights' reconstruction difference plus two forward passes.
+            let logitsBound = min(1, reconstructionBound + ForwardPath.logitsNMSEBetween(source.config, keys: F.evalTokens.count))
+            let pBound = ForwardPath.perplexityRelative(logitsNMSE: logitsBound, logits: try logits(filesCPU, Backends.cpu))
+            #expect(abs(pCL - pCPU) / pCPU < pBound, "perplexity cpu \(pCPU), opencl \(pCL) (bound \(pBound))")
         }
 
         /// The second compression of the same model and windows reads the cached Grams and
@@ -210,7 +261,12 @@ extension BackendSuites {
             let e = try cli.sheaf(["export", out, "--out", dense])
             #expect(e.status == 0, "\(e.stderr)")
             let exported = try ppl(dense)
-            #expect(abs(exported - compressed) / compressed < 1e-4, "exported \(exported), compressed \(compressed)")
+            // The dense export and the factored layers are two float32 computations of one model
+            // (the factored one with a rank ≤ 576 product after each linear), over 1023 predictions.
+            let real = try ModelFiles.open(RealFixtures.modelPath)
+            let bound = ForwardPath.realPerplexityRelative(
+                real.config, keys: 1024, rank: 576, predictions: 1023, logitRMS: try RealFixtures.logitRMS(real))
+            #expect(abs(exported - compressed) / compressed < bound, "exported \(exported), compressed \(compressed) (bound \(bound))")
             let g = try cli.sheaf(["generate", out, "--prompt", "The capital of France is", "--max-tokens", "4"])
             #expect(g.status == 0, "\(g.stderr)")
             try? FileManager.default.removeItem(atPath: tmp)

@@ -78,7 +78,10 @@ extension BackendSuites {
             for c in 0..<12 { for j in 0..<24 { initial[c, j] = points[c * 25, j] } }
             let got = try lloydObjective(be, points, initial, iterations: 6)
             let want = try lloydObjective(Backends.reference, points, initial, iterations: 6)
-            #expect(abs(got - want) <= 1e-5 * want, "objective \(got) vs reference \(want)")
+            // Same labels, so only the distances' rounding differs: each minimum errs by γ_{d+3}·
+            // (‖x‖² + 2|x·c| + ‖c‖²), which is ≈ 2× the distance for uniform data; the reference's
+            // own error is negligible.
+            #expect(abs(got - want) <= 2 * Roundoff.gamma(24 + 3, unit: Roundoff.float32) * want, "objective \(got) vs reference \(want)")
         }
 
         func lloydObjective(_ be: any Backend, _ points: Matrix<Float>, _ initial: Matrix<Float>, iterations: Int) throws -> Double {

@@ -876,9 +876,13 @@ struct GGUFGolden {
             sum += Double(v)
             sumOfSquares += Double(v) * Double(v)
         }
-        // Sums differ from numpy's pairwise summation only in float64 rounding.
-        #expect(abs(sum - golden.sum) <= 1e-9 * max(1, sumOfSquares), "sum \(sum) vs \(golden.sum)")
-        #expect(abs(sumOfSquares - golden.sumOfSquares) <= 1e-9 * golden.sumOfSquares, "sum of squares \(sumOfSquares) vs \(golden.sumOfSquares)")
+        // Sums differ from numpy's pairwise summation only in Float64 rounding: each of the two
+        // errs by γ_n·Σ|v| ≤ γ_n·√(n·Σv²) (Cauchy–Schwarz), and by γ_{n+1}·Σv² for the squares.
+        let n = values.count
+        let sumBound = 2 * Roundoff.gamma(n, unit: Roundoff.float64) * (Double(n) * sumOfSquares).squareRoot()
+        #expect(abs(sum - golden.sum) <= sumBound, "sum \(sum) vs \(golden.sum)")
+        #expect(abs(sumOfSquares - golden.sumOfSquares) <= 2 * Roundoff.gamma(n + 1, unit: Roundoff.float64) * golden.sumOfSquares,
+                "sum of squares \(sumOfSquares) vs \(golden.sumOfSquares)")
         #expect(Array(values.prefix(4)) == golden.first)
         let digest = values.withUnsafeBytes { SHA256.hex($0) }  // little-endian host: these are the f32 LE bytes
         #expect(digest == golden.sha256)
