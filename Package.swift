@@ -7,8 +7,16 @@ import PackageDescription
 // them Swift's SIMD8 arithmetic is SSE with a libm call per lane for each fused multiply-add. The
 // backend runs them only after checking the CPU (CPUFeatures), so the binary still runs on older
 // x86-64 CPUs, on the portable loops. arm64 has NEON in every CPU and needs no flags.
+//
+// SHEAF_CPU_ISA=avx512 at build time compiles them for AVX-512 (F, VL, BW, DQ) instead, for
+// measuring against AVX2 (BENCHMARKS.md); that binary's vector loops run only on such CPUs.
 #if arch(x86_64)
-let vectorFlags: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma"])]
+import Foundation
+let avx512 = ProcessInfo.processInfo.environment["SHEAF_CPU_ISA"] == "avx512"
+let vectorFlags: [SwiftSetting] = avx512
+    ? [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma", "-Xcc", "-mavx512f", "-Xcc", "-mavx512vl", "-Xcc", "-mavx512bw",
+                     "-Xcc", "-mavx512dq"]), .define("SHEAF_AVX512")]
+    : [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma"])]
 #else
 let vectorFlags: [SwiftSetting] = []
 #endif

@@ -1,4 +1,5 @@
 import COpenBLAS
+import SheafCPUKernels
 import Foundation
 import SheafCore
 
@@ -177,15 +178,16 @@ public final class CPUBackend: HostMemoryBackend, @unchecked Sendable {
 
 /// What the CPU offers SheafCPUKernels, which is compiled for AVX2 + FMA on x86-64.
 public enum CPUFeatures {
-    /// True when this CPU runs SheafCPUKernels: on x86-64 when /proc/cpuinfo lists avx2 and fma
-    /// (the kernel drops them there when the OS does not save the wide registers); on arm64 always.
+    /// True when this CPU runs SheafCPUKernels: on x86-64 when /proc/cpuinfo lists the flags of
+    /// the ISA it was compiled for (avx2 and fma; the kernel drops them when the OS does not save
+    /// the wide registers); on arm64 always.
     public static let vectorKernels: Bool = {
         #if arch(x86_64)
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
             let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
         else { return false }
-        let names = Set(flags.split(separator: " "))
-        return names.contains("avx2") && names.contains("fma")
+        let names = Set(flags.split(separator: " ").map(String.init))
+        return KernelISA.requiredFlags.allSatisfy(names.contains)
         #else
         return true
         #endif
@@ -199,6 +201,10 @@ public enum CPUFeatures {
         /// Of interest, in this order, those present: AVX, AVX2, FMA, AVX-512 F/BW/VL/DQ, AVX-512
         /// BF16, AVX-512 FP16, AMX (x86-64); NEON, SVE, BF16 (arm64).
         public var extensions: [String]
+
+        public init(model: String, architecture: String, extensions: [String]) {
+            (self.model, self.architecture, self.extensions) = (model, architecture, extensions)
+        }
     }
 
     public static let description: Description = {
@@ -230,11 +236,8 @@ public enum CPUFeatures {
         #endif
     }()
 
-    #if arch(x86_64)
-    public static let vectorISA = "AVX2"
-    #else
-    public static let vectorISA = "NEON"
-    #endif
+    /// "AVX2" (or "AVX-512" in a SHEAF_CPU_ISA=avx512 build) on x86-64, "NEON" on arm64.
+    public static let vectorISA = KernelISA.name
 }
 
 /// RoPE's cos(p·θ^(−2i/d)) and sin(…) for positions 0..<n, i < d/2: angles in Float64, each

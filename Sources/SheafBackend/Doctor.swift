@@ -16,6 +16,10 @@ public struct DoctorReport: Sendable, Codable {
     }
 
     public var cpu: CPUFeatures.Description
+    /// When OpenBLAS runs a kernel set for an older instruction set than this CPU has (it can
+    /// misread a CPU it does not know, such as a VM's generic model name): the OPENBLAS_CORETYPE
+    /// that would use the CPU's vector width.
+    public var openBLASSuggestion: String?
 
     public var openCLDevices: [OpenCLDeviceInfo]
     /// Why OpenCL could not be listed or started, when it could not.
@@ -52,11 +56,31 @@ public enum Doctor {
             openCLError = error.description
         }
         return DoctorReport(
-            cpu: CPUFeatures.description, openCLDevices: devices, openCLError: openCLError, openCLTunables: tunables,
+            cpu: CPUFeatures.description,
+            openBLASSuggestion: openBLASCoreType == nil ? suggestedCoreType(running: CPUBackend.openBLASCore, cpu: CPUFeatures.description) : nil, openCLDevices: devices, openCLError: openCLError, openCLTunables: tunables,
             openBLAS: .init(
                 core: CPUBackend.openBLASCore, threads: cpu.threads, config: CPUBackend.openBLASConfig,
                 coreTypeOverride: openBLASCoreType),
             cpuLoops: cpu.vectorKernels ? "\(CPUFeatures.vectorISA) vector" : "portable",
             autoBackend: BackendSelection.resolveAuto(options).rawValue, parity: parity)
+    }
+
+    /// OpenBLAS's x86-64 kernel sets by the widest vector instructions they use: 0 SSE, 1 AVX,
+    /// 2 AVX2 + FMA, 3 AVX-512.
+    static let coreLevels: [String: Int] = [
+        "Prescott": 0, "Core2": 0, "Penryn": 0, "Dunnington": 0, "Nehalem": 0, "Atom": 0, "Opteron": 0, "Barcelona": 0,
+        "Bobcat": 0, "Sandybridge": 1, "Bulldozer": 1, "Piledriver": 1, "Steamroller": 1, "Excavator": 1, "Haswell": 2,
+        "Zen": 2, "SkylakeX": 3, "Cooperlake": 3, "SapphireRapids": 3,
+    ]
+
+    /// The OPENBLAS_CORETYPE for this CPU's widest vector ISA when `core` uses a narrower one, else nil.
+    public static func suggestedCoreType(running core: String, cpu: CPUFeatures.Description) -> String? {
+        guard cpu.architecture == "x86_64", let running = coreLevels.first(where: { $0.key.lowercased() == core.lowercased() })?.value
+        else { return nil }
+        let has = Set(cpu.extensions)
+        let level = has.isSuperset(of: ["AVX-512F", "AVX-512BW", "AVX-512VL", "AVX-512DQ"]) ? 3
+            : has.isSuperset(of: ["AVX2", "FMA"]) ? 2 : has.contains("AVX") ? 1 : 0
+        guard level > running else { return nil }
+        return ["Prescott", "Sandybridge", "Haswell", "SkylakeX"][level]
     }
 }

@@ -2,8 +2,10 @@
 // per-thread scratch of (rows × visible keys) that fits in L2, instead of three separate passes
 // through sgemm (whose packing and thread hand-offs dominate at an inner dimension of 64).
 //
-// Both products use a 6 × 16 register block (12 vector accumulators, as OpenBLAS's float kernels
-// on AVX2): per step 2 vector loads and 6 broadcasts feed 12 fused multiply-adds.
+// Both products use a 6 × 16 register block written on 16-lane vectors: with AVX2 each is two ymm
+// registers (12 accumulators, as OpenBLAS's float kernels on AVX2: per step 2 loads and 6
+// broadcasts feed 12 fused multiply-adds); in an AVX-512 build (SHEAF_CPU_ISA=avx512) one zmm
+// register each, so 6 fused multiply-adds of 16 lanes per step.
 
 /// The layout the scores product reads keys in: per panel of 16 consecutive keys, headDim rows of
 /// 16 floats (panel p, dimension d, key j at [(p·headDim + d)·16 + j]); keys past the end are 0.
@@ -99,47 +101,28 @@ public enum AttentionKernel {
     ) {
         let q0 = q, q1 = q + min(1, n - 1) * qStride, q2 = q + min(2, n - 1) * qStride
         let q3 = q + min(3, n - 1) * qStride, q4 = q + min(4, n - 1) * qStride, q5 = q + min(5, n - 1) * qStride
-        var a00 = Float8(), a01 = Float8(), a10 = Float8(), a11 = Float8(), a20 = Float8(), a21 = Float8()
-        var a30 = Float8(), a31 = Float8(), a40 = Float8(), a41 = Float8(), a50 = Float8(), a51 = Float8()
+        var a0 = Lanes16(), a1 = Lanes16(), a2 = Lanes16(), a3 = Lanes16(), a4 = Lanes16(), a5 = Lanes16()
         for d in 0..<headDim {
-            let k0 = load(panel + d * 16), k1 = load(panel + d * 16 + 8)
-            var b = Float8(repeating: q0[d])
-            a00 = a00.addingProduct(b, k0)
-            a01 = a01.addingProduct(b, k1)
-            b = Float8(repeating: q1[d])
-            a10 = a10.addingProduct(b, k0)
-            a11 = a11.addingProduct(b, k1)
-            b = Float8(repeating: q2[d])
-            a20 = a20.addingProduct(b, k0)
-            a21 = a21.addingProduct(b, k1)
-            b = Float8(repeating: q3[d])
-            a30 = a30.addingProduct(b, k0)
-            a31 = a31.addingProduct(b, k1)
-            b = Float8(repeating: q4[d])
-            a40 = a40.addingProduct(b, k0)
-            a41 = a41.addingProduct(b, k1)
-            b = Float8(repeating: q5[d])
-            a50 = a50.addingProduct(b, k0)
-            a51 = a51.addingProduct(b, k1)
+            let k = load16(panel + d * 16)
+            a0 = a0.addingProduct(Lanes16(repeating: q0[d]), k)
+            a1 = a1.addingProduct(Lanes16(repeating: q1[d]), k)
+            a2 = a2.addingProduct(Lanes16(repeating: q2[d]), k)
+            a3 = a3.addingProduct(Lanes16(repeating: q3[d]), k)
+            a4 = a4.addingProduct(Lanes16(repeating: q4[d]), k)
+            a5 = a5.addingProduct(Lanes16(repeating: q5[d]), k)
         }
-        let s = Float8(repeating: scale)
-        store(a00 * s, scores)
-        store(a01 * s, scores + 8)
+        let s = Lanes16(repeating: scale)
+        store16(a0 * s, scores)
         guard n > 1 else { return }
-        store(a10 * s, scores + ld)
-        store(a11 * s, scores + ld + 8)
+        store16(a1 * s, scores + ld)
         guard n > 2 else { return }
-        store(a20 * s, scores + 2 * ld)
-        store(a21 * s, scores + 2 * ld + 8)
+        store16(a2 * s, scores + 2 * ld)
         guard n > 3 else { return }
-        store(a30 * s, scores + 3 * ld)
-        store(a31 * s, scores + 3 * ld + 8)
+        store16(a3 * s, scores + 3 * ld)
         guard n > 4 else { return }
-        store(a40 * s, scores + 4 * ld)
-        store(a41 * s, scores + 4 * ld + 8)
+        store16(a4 * s, scores + 4 * ld)
         guard n > 5 else { return }
-        store(a50 * s, scores + 5 * ld)
-        store(a51 * s, scores + 5 * ld + 8)
+        store16(a5 * s, scores + 5 * ld)
     }
 
     /// out[i, 0..<16] (+)= Σ_{j<keys} p[i, j] · v[j, 0..<16] for the n ≤ 6 rows of p; adds to
@@ -153,47 +136,23 @@ public enum AttentionKernel {
         let p3 = p + min(3, n - 1) * ld, p4 = p + min(4, n - 1) * ld, p5 = p + min(5, n - 1) * ld
         let o0 = out, o1 = out + min(1, n - 1) * outStride, o2 = out + min(2, n - 1) * outStride
         let o3 = out + min(3, n - 1) * outStride, o4 = out + min(4, n - 1) * outStride, o5 = out + min(5, n - 1) * outStride
-        var a00 = Float8(), a01 = Float8(), a10 = Float8(), a11 = Float8(), a20 = Float8(), a21 = Float8()
-        var a30 = Float8(), a31 = Float8(), a40 = Float8(), a41 = Float8(), a50 = Float8(), a51 = Float8()
-        if accumulate {
-            (a00, a01, a10, a11) = (load(o0), load(o0 + 8), load(o1), load(o1 + 8))
-            (a20, a21, a30, a31) = (load(o2), load(o2 + 8), load(o3), load(o3 + 8))
-            (a40, a41, a50, a51) = (load(o4), load(o4 + 8), load(o5), load(o5 + 8))
-        }
+        var a0 = Lanes16(), a1 = Lanes16(), a2 = Lanes16(), a3 = Lanes16(), a4 = Lanes16(), a5 = Lanes16()
+        if accumulate { (a0, a1, a2, a3, a4, a5) = (load16(o0), load16(o1), load16(o2), load16(o3), load16(o4), load16(o5)) }
         for j in 0..<keys {
-            let row = v + j * vStride
-            let v0 = load(row), v1 = load(row + 8)
-            var b = Float8(repeating: p0[j])
-            a00 = a00.addingProduct(b, v0)
-            a01 = a01.addingProduct(b, v1)
-            b = Float8(repeating: p1[j])
-            a10 = a10.addingProduct(b, v0)
-            a11 = a11.addingProduct(b, v1)
-            b = Float8(repeating: p2[j])
-            a20 = a20.addingProduct(b, v0)
-            a21 = a21.addingProduct(b, v1)
-            b = Float8(repeating: p3[j])
-            a30 = a30.addingProduct(b, v0)
-            a31 = a31.addingProduct(b, v1)
-            b = Float8(repeating: p4[j])
-            a40 = a40.addingProduct(b, v0)
-            a41 = a41.addingProduct(b, v1)
-            b = Float8(repeating: p5[j])
-            a50 = a50.addingProduct(b, v0)
-            a51 = a51.addingProduct(b, v1)
+            let w = load16(v + j * vStride)
+            a0 = a0.addingProduct(Lanes16(repeating: p0[j]), w)
+            a1 = a1.addingProduct(Lanes16(repeating: p1[j]), w)
+            a2 = a2.addingProduct(Lanes16(repeating: p2[j]), w)
+            a3 = a3.addingProduct(Lanes16(repeating: p3[j]), w)
+            a4 = a4.addingProduct(Lanes16(repeating: p4[j]), w)
+            a5 = a5.addingProduct(Lanes16(repeating: p5[j]), w)
         }
         // Rows past n alias row n − 1 and hold the same sums: storing them twice is harmless.
-        store(a50, o5)
-        store(a51, o5 + 8)
-        store(a40, o4)
-        store(a41, o4 + 8)
-        store(a30, o3)
-        store(a31, o3 + 8)
-        store(a20, o2)
-        store(a21, o2 + 8)
-        store(a10, o1)
-        store(a11, o1 + 8)
-        store(a00, o0)
-        store(a01, o0 + 8)
+        store16(a5, o5)
+        store16(a4, o4)
+        store16(a3, o3)
+        store16(a2, o2)
+        store16(a1, o1)
+        store16(a0, o0)
     }
 }

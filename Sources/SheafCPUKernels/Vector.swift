@@ -23,6 +23,33 @@ public typealias Float8 = SIMD8<Float>
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: Float8.self)
 }
 
+/// The attention kernel's register blocks: two ymm registers under AVX2 (or four NEON ones), one
+/// zmm register in an AVX-512 build.
+public typealias Lanes16 = SIMD16<Float>
+
+@inline(__always) func load16(_ p: UnsafePointer<Float>) -> Lanes16 {
+    UnsafeRawPointer(p).loadUnaligned(as: Lanes16.self)
+}
+
+@inline(__always) func store16(_ v: Lanes16, _ p: UnsafeMutablePointer<Float>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: v, as: Lanes16.self)
+}
+
+/// The instruction set this target was compiled for, and the /proc/cpuinfo flags a CPU needs to
+/// run it (`CPUFeatures` checks them before the backend enters any loop here).
+public enum KernelISA {
+    #if SHEAF_AVX512
+    public static let name = "AVX-512"
+    public static let requiredFlags = ["avx2", "fma", "avx512f", "avx512vl", "avx512bw", "avx512dq"]
+    #elseif arch(x86_64)
+    public static let name = "AVX2"
+    public static let requiredFlags = ["avx2", "fma"]
+    #else
+    public static let name = "NEON"
+    public static let requiredFlags: [String] = []
+    #endif
+}
+
 @inline(__always) func maximum(_ a: Float8, _ b: Float8) -> Float8 { a.replacing(with: b, where: b .> a) }
 
 @inline(__always) func horizontalMax(_ v: Float8) -> Float {

@@ -86,6 +86,10 @@ enum Commands {
         if let e = report.openCLError { print("OpenCL: FAIL \(e)") }
         let chosen = report.openBLAS.coreTypeOverride.map { "set by OPENBLAS_CORETYPE=\($0)" } ?? "OpenBLAS's own choice"
         print("OpenBLAS: core \(report.openBLAS.core) (\(chosen)), \(report.openBLAS.threads) threads (\(report.openBLAS.config))")
+        if let better = report.openBLASSuggestion {
+            print("  note: this CPU has wider vector instructions than OpenBLAS's \(report.openBLAS.core) kernels use; "
+                + "OPENBLAS_CORETYPE=\(better) runs its \(better) kernels (check them with 'OPENBLAS_CORETYPE=\(better) sheaf doctor')")
+        }
         print("cpu row loops: \(report.cpuLoops)")
         print("auto backend: \(report.autoBackend)")
         print("Parity against the Float64 reference (normalised MSE, or the factor's residual for cholesky):")
