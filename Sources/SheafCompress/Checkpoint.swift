@@ -6,15 +6,10 @@ import SheafModel
 
 /// Sheaf's compressed checkpoint: a HuggingFace-like folder (config.json with a `sheaf`
 /// section, tokenizer.json, generation_config.json) whose model.safetensors holds every
-/// untouched tensor under its HuggingFace name, each shared basis once and each layer's
-/// coefficients, described by sheaf.json (see `CompressedManifest`).
+/// untouched tensor under its HuggingFace name and each tensor the compressed modules use,
+/// once, described by sheaf.json (format 2, see `CompressedManifest`).
 public enum CompressedCheckpoint {
-    /// The basis tensor of a group, e.g. "sheaf.bases.q_proj.layers.0-1".
-    static func basisName(_ g: FactoredGroup) -> String {
-        "sheaf.bases.\(g.type.rawValue).layers.\(g.layers.first!)-\(g.layers.last!)"
-    }
-
-    /// What `sheaf.json` records about the calibration and the source, besides the factors.
+    /// What `sheaf.json` records about the calibration and the source, besides the method.
     public struct Provenance: Sendable {
         public var sheafVersion: String
         public var calibration: CompressedManifest.Calibration?
@@ -24,21 +19,34 @@ public enum CompressedCheckpoint {
         }
     }
 
-    public static func manifest(_ r: CompressionResult, source: ModelFiles, provenance p: Provenance) -> CompressedManifest {
-        let dense = source.config.linearParameterCount, stored = r.storedLinearParameters
-        let o = r.options
+    /// Linear parameters as stored: each distinct tensor the compressed modules use, once, plus
+    /// the weights of the modules left dense. `shape(name)` gives a module tensor's shape.
+    static func storedLinearParameters(
+        config c: ModelConfig, modules: [String: CompressedManifest.Module], shape: (String) throws(SheafError) -> [Int]
+    ) throws(SheafError) -> Int {
+        var total = 0
+        for layer in 0..<c.layerCount {
+            for t in MatrixType.allCases where modules[t.module(layer: layer)] == nil { total += t.shape(c).dOut * t.shape(c).dIn }
+        }
+        for name in Set(modules.values.flatMap(\.tensors.values)) { total += try shape(name).reduce(1, *) }
+        return total
+    }
+
+    public static func manifest(_ r: CompressionResult, source: ModelFiles, provenance p: Provenance) throws(SheafError) -> CompressedManifest {
+        var shapes: [String: [Int]] = [:]
+        for t in r.output.tensors { shapes[t.name] = [t.value.rows, t.value.cols] }
+        let dense = source.config.linearParameterCount
+        let stored = try storedLinearParameters(config: source.config, modules: r.output.modules) { (name) throws(SheafError) in
+            guard let s = shapes[name] else {
+                throw .invalidArgument(op: "compress \(r.method)", detail: "a module names tensor '\(name)', which the method did not produce")
+            }
+            return s
+        }
         return CompressedManifest(
-            sheafVersion: p.sheafVersion, method: o.method.rawValue, requestedRatio: o.ratio,
-            achievedRatio: 1 - Double(stored) / Double(dense), denseLinearParameters: dense, storedLinearParameters: stored,
-            groupSize: o.effectiveGroupSize, shared: o.shared.map(\.rawValue),
-            rankOverrides: Dictionary(uniqueKeysWithValues: o.rankOverrides.map { ($0.key.rawValue, $0.value) }),
-            whitened: o.method.whitened, refit: o.refitEnabled, whiteningFallbacks: r.whiteningFallbacks,
-            calibration: p.calibration, seed: o.seed, source: source.path, sourceChecksum: p.sourceChecksum,
-            groups: r.groups.map { g in
-                CompressedManifest.Group(
-                    type: g.type.rawValue, layers: g.layers, rank: g.rank, basis: basisName(g), energy: g.energy, error: g.error,
-                    refitError: g.refitError, whiteningFallback: g.whiteningFallback)
-            })
+            sheafVersion: p.sheafVersion, requestedRatio: r.requestedRatio, achievedRatio: 1 - Double(stored) / Double(dense),
+            denseLinearParameters: dense, storedLinearParameters: stored, calibration: p.calibration, source: source.path,
+            sourceChecksum: p.sourceChecksum, modules: r.output.modules,
+            method: .init(name: r.method, options: r.options, report: r.output.report.json))
     }
 
     /// Writes the checkpoint to `out` (a temporary sibling renamed when complete).
@@ -46,30 +54,25 @@ public enum CompressedCheckpoint {
         _ r: CompressionResult, source: ModelFiles, provenance: Provenance, to out: String, replace: Bool,
         progress: (String) -> Void = { _ in }
     ) throws(SheafError) -> CompressedManifest {
-        let manifest = manifest(r, source: source, provenance: provenance)
-        let factoredWeights = Set(r.groups.flatMap { g in g.layers.map { g.type.module(layer: $0) + ".weight" } })
-        let sheafSection: [String: Any] = [
-            "method": manifest.method, "requested_ratio": manifest.requestedRatio, "achieved_ratio": manifest.achievedRatio,
-            "group_size": manifest.groupSize, "manifest": CompressedManifest.fileName,
-        ]
+        let manifest = try manifest(r, source: source, provenance: provenance)
+        let replacedWeights = Set(r.output.modules.keys.map { $0 + ".weight" })
+        let written = Set(r.output.tensors.map(\.name))
+        var sheafSection: [String: Any] = ["method": manifest.method.name, "achieved_ratio": manifest.achievedRatio, "manifest": CompressedManifest.fileName]
+        if let ratio = manifest.requestedRatio { sheafSection["requested_ratio"] = ratio }
         try HFExport.writeFolder(
             to: out, replace: replace, config: source.config, configJSON: try source.config.configJSON(extra: ["sheaf": sheafSection]),
             tokenizer: try source.tokenizerIfPresent(), extraFiles: [CompressedManifest.fileName: try manifest.encoded()]
         ) { () throws(SheafError) in
-            // Deferred: each tensor is read (or its factor encoded) only when the writer reaches it.
+            // Deferred: each source tensor is read only when the writer reaches it.
             var tensors: [TensorToWrite] = []
-            for name in source.tensorNames where !factoredWeights.contains(name) {
+            for name in source.tensorNames where !replacedWeights.contains(name) && !written.contains(name) {
                 tensors.append(try TensorToWrite(name: name, shape: try source.info(name).shape) { () throws(SheafError) in
                     try source.float32(name)
                 })
             }
-            for g in r.groups {
-                let basisT = g.basisT
-                tensors.append(try TensorToWrite(name: basisName(g), shape: [basisT.rows, basisT.cols]) { basisT.values })
-                for (p, layer) in g.layers.enumerated() {
-                    let c = g.coefficientsT[p]
-                    tensors.append(try TensorToWrite(name: g.type.module(layer: layer) + ".coefficients", shape: [c.rows, c.cols]) { c.values })
-                }
+            for t in r.output.tensors {
+                let m = t.value
+                tensors.append(try TensorToWrite(name: t.name, shape: [m.rows, m.cols]) { m.values })
             }
             progress("writing \(tensors.count) tensors (\(fixed(Double(tensors.reduce(0) { $0 + $1.byteCount }) / 1e6)) MB)")
             return tensors
@@ -77,58 +80,42 @@ public enum CompressedCheckpoint {
         return manifest
     }
 
-    /// A compressed checkpoint → a standard dense HuggingFace folder of the same architecture,
-    /// every factored weight reconstructed as W = Cᵀ·Bᵀ (float32).
+    /// A compressed checkpoint → a standard dense HuggingFace folder of the same architecture:
+    /// every compressed module's weight as its stored-layer kind reconstructs it (float32), the
+    /// tensors only the modules use left out, every other tensor as stored.
     public static func exportDense(_ files: ModelFiles, to out: String, replace: Bool, progress: (String) -> Void = { _ in }) throws(SheafError) {
         guard let manifest = files.manifest else {
             throw .invalidArgument(op: "export", detail: "\(files.path) has no \(CompressedManifest.fileName): not a Sheaf compressed checkpoint")
         }
-        let basisByModule = manifest.basisByModule, basisNames = Set(basisByModule.values)
+        let c = files.config
+        var compressed: [(module: String, type: MatrixType, entry: CompressedManifest.Module, kind: any StoredLayerKind)] = []
+        for (module, entry) in manifest.modules.sorted(by: { $0.key < $1.key }) {
+            guard let (_, type) = MatrixType.parse(module: module) else {
+                throw .io(path: files.path, detail: "\(CompressedManifest.fileName) names module '\(module)', not a linear layer of \(c.architecture)")
+            }
+            compressed.append((module, type, entry, try StoredLayerKinds.kind(of: entry, module: module, in: files.path)))
+        }
+        let moduleTensors = manifest.moduleTensors
         try HFExport.writeFolder(
-            to: out, replace: replace, config: files.config, configJSON: try files.config.configJSON(), tokenizer: try files.tokenizerIfPresent()
+            to: out, replace: replace, config: c, configJSON: try c.configJSON(), tokenizer: try files.tokenizerIfPresent()
         ) { () throws(SheafError) in
             // Deferred: each weight is reconstructed when the writer reaches it, so the export
-            // holds the bases and one dense weight at a time, not the whole dense model.
+            // holds the shared tensors and one dense weight at a time, not the whole dense model.
             var tensors: [TensorToWrite] = []
-            let bases = BasisCache(files)
-            for name in files.tensorNames where !basisNames.contains(name) {
-                let shape = try files.info(name).shape
-                guard name.hasSuffix(".coefficients") else {
-                    tensors.append(try TensorToWrite(name: name, shape: shape) { () throws(SheafError) in try files.float32(name) })
-                    continue
-                }
-                let module = String(name.dropLast(".coefficients".count))
-                guard let basisName = basisByModule[module] else {
-                    throw .io(path: files.path, detail: "'\(name)' has no basis in \(CompressedManifest.fileName)")
-                }
-                let basisShape = try files.info(basisName).shape
-                guard shape.count == 2, basisShape.count == 2, shape[1] == basisShape[0] else {
-                    throw .shapeMismatch(op: "export \(files.path)", detail: "'\(name)' \(shape) against basis '\(basisName)' \(basisShape)")
-                }
-                tensors.append(try TensorToWrite(name: module + ".weight", shape: [shape[0], basisShape[1]]) { () throws(SheafError) in
-                    let c = try Matrix(rows: shape[0], cols: shape[1], values: try files.float32(name)).asDouble
-                    return try LAPACK.multiply(c, try bases.basisT(basisName)).asFloat.values
+            let context = StoredLayerContext(files: files, backend: nil)
+            for name in files.tensorNames where !moduleTensors.contains(name) {
+                tensors.append(try TensorToWrite(name: name, shape: try files.info(name).shape) { () throws(SheafError) in
+                    try context.values(name, try files.info(name).shape)
                 })
             }
-            progress("writing \(tensors.count) tensors, \(basisByModule.count) of them reconstructed")
+            for m in compressed {
+                let shape = m.type.shape(c)
+                tensors.append(try TensorToWrite(name: m.module + ".weight", shape: [shape.dOut, shape.dIn]) { () throws(SheafError) in
+                    try m.kind.denseWeight(m.entry, module: m.module, shape: shape, context: context)
+                })
+            }
+            progress("writing \(tensors.count) tensors, \(compressed.count) of them reconstructed")
             return tensors
         }
-    }
-}
-
-/// The (rank, d_in) bases of a compressed checkpoint in Float64, read once each on first use
-/// (the deferred tensors of a dense export share them; used from the writer's one thread).
-private final class BasisCache: @unchecked Sendable {
-    let files: ModelFiles
-    var bases: [String: Matrix<Double>] = [:]
-
-    init(_ files: ModelFiles) { self.files = files }
-
-    func basisT(_ name: String) throws(SheafError) -> Matrix<Double> {
-        if let b = bases[name] { return b }
-        let s = try files.info(name).shape
-        let b = try Matrix(rows: s[0], cols: s[1], values: try files.float32(name)).asDouble
-        bases[name] = b
-        return b
     }
 }

@@ -1,5 +1,6 @@
 import SheafBackend
 import SheafCore
+import SheafIO
 
 /// One matrix type over one group of consecutive layers, factored as Wᵢᵀ ≈ B·Cᵢ.
 public struct FactoredGroup: Sendable {

@@ -1,40 +1,34 @@
 import Foundation
 import SheafCore
 
-/// `sheaf.json` of a compressed checkpoint: how it was made, and which stored tensors form each
-/// factored linear layer. A factored layer `P` (e.g. `model.layers.3.self_attn.q_proj`) stores
-/// its coefficients as `P.coefficients` (outputs, rank); its basis (rank, inputs) is the tensor
-/// its group names, stored once for every layer of the group. Both are in PyTorch orientation
-/// (the weights of two chained `nn.Linear`s), so y = x·basisᵀ·coefficientsᵀ.
+/// `sheaf.json` of a compressed checkpoint, format 2: for every compressed linear module its
+/// stored-layer kind and the tensors it uses (a tensor used by several modules, such as a basis
+/// shared across layers, is stored once), and, as a separate block, the method that made it with
+/// its options and report. Modules not listed are dense under their HuggingFace names.
+///
+/// Format 1 (Sheaf 0.1, low-rank only: `groups` of a basis tensor and per-layer `.coefficients`)
+/// is read and converted on load.
 public struct CompressedManifest: Codable, Sendable, Equatable {
     public static let formatName = "sheaf-compressed"
-    public static let formatVersion = 1
+    public static let formatVersion = 2
     public static let fileName = "sheaf.json"
 
-    /// One shared basis: a matrix type over consecutive layers.
-    public struct Group: Codable, Sendable, Equatable {
-        /// Matrix type, e.g. "q_proj".
-        public var type: String
-        public var layers: [Int]
-        public var rank: Int
-        /// Name of the basis tensor, (rank, inputs).
-        public var basis: String
-        /// Energy kept: Σ_{j<rank} σ_j² / Σ σ_j² of the whitened stack (of the plain weights for
-        /// the unwhitened `svd` method).
-        public var energy: Double
-        /// Calibration-weighted reconstruction error Σ_i ‖X_i(W_i − B·C_i)ᵀ‖² / Σ_i ‖X_i W_iᵀ‖²
-        /// over the group's layers, with the dense model's calibration inputs.
-        public var error: Double
-        /// After a coefficient refit, the error with the inputs of the compressed model.
-        public var refitError: Double?
-        /// Whether the group Gram needed the (−λmin + ε)·I shift to factor.
-        public var whiteningFallback: Bool
+    /// How one linear module is stored: a kind from the stored-layer table (SheafModel's
+    /// `StoredLayerKinds`: "dense", "low-rank", …) and its tensors by role, e.g.
+    /// {"basis": "sheaf.bases.q_proj.layers.0-1", "coefficients": "model.layers.0.self_attn.q_proj.coefficients"}.
+    public struct Module: Codable, Sendable, Equatable {
+        public var kind: String
+        public var tensors: [String: String]
+        public init(kind: String, tensors: [String: String]) { (self.kind, self.tensors) = (kind, tensors) }
+    }
 
-        public init(type: String, layers: [Int], rank: Int, basis: String, energy: Double, error: Double, refitError: Double?,
-                    whiteningFallback: Bool) {
-            (self.type, self.layers, self.rank, self.basis) = (type, layers, rank, basis)
-            (self.energy, self.error, self.refitError, self.whiteningFallback) = (energy, error, refitError, whiteningFallback)
-        }
+    /// The method that wrote the checkpoint: its registry name, its options and its report, each
+    /// in the method's own shape.
+    public struct Method: Codable, Sendable, Equatable {
+        public var name: String
+        public var options: JSONValue
+        public var report: JSONValue
+        public init(name: String, options: JSONValue, report: JSONValue) { (self.name, self.options, self.report) = (name, options, report) }
     }
 
     public struct Calibration: Codable, Sendable, Equatable {
@@ -52,64 +46,39 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
     public var format = Self.formatName
     public var formatVersion = Self.formatVersion
     public var sheafVersion: String
-    /// "basis-sharing", "svd-llm" or "svd".
-    public var method: String
-    public var requestedRatio: Double
+    /// The fraction of linear parameters the user asked to remove, when the method takes one.
+    public var requestedRatio: Double?
     /// 1 − (stored linear parameters) / (dense linear parameters), from the tensors written.
     public var achievedRatio: Double
     public var denseLinearParameters: Int
+    /// Every distinct tensor the linear modules use, counted once, plus the dense modules' weights.
     public var storedLinearParameters: Int
-    public var groupSize: Int
-    /// Matrix types whose basis is shared by `groupSize` layers; the others have one per layer.
-    public var shared: [String]
-    /// Rank overrides given by the user (type → rank).
-    public var rankOverrides: [String: Int]
-    public var whitened: Bool
-    public var refit: Bool
-    public var whiteningFallbacks: Int
     public var calibration: Calibration?
-    public var seed: UInt64
     /// The source checkpoint and the SHA-256 of its files.
     public var source: String
     public var sourceChecksum: String
-    public var groups: [Group]
+    /// Module path ("model.layers.3.self_attn.q_proj") → how it is stored.
+    public var modules: [String: Module]
+    public var method: Method
 
     public init(
-        sheafVersion: String, method: String, requestedRatio: Double, achievedRatio: Double, denseLinearParameters: Int,
-        storedLinearParameters: Int, groupSize: Int, shared: [String], rankOverrides: [String: Int], whitened: Bool, refit: Bool,
-        whiteningFallbacks: Int, calibration: Calibration?, seed: UInt64, source: String, sourceChecksum: String, groups: [Group]
+        sheafVersion: String, requestedRatio: Double?, achievedRatio: Double, denseLinearParameters: Int, storedLinearParameters: Int,
+        calibration: Calibration?, source: String, sourceChecksum: String, modules: [String: Module], method: Method
     ) {
         self.sheafVersion = sheafVersion
-        self.method = method
         self.requestedRatio = requestedRatio
         self.achievedRatio = achievedRatio
         self.denseLinearParameters = denseLinearParameters
         self.storedLinearParameters = storedLinearParameters
-        self.groupSize = groupSize
-        self.shared = shared
-        self.rankOverrides = rankOverrides
-        self.whitened = whitened
-        self.refit = refit
-        self.whiteningFallbacks = whiteningFallbacks
         self.calibration = calibration
-        self.seed = seed
         self.source = source
         self.sourceChecksum = sourceChecksum
-        self.groups = groups
+        self.modules = modules
+        self.method = method
     }
 
-    /// HF module path of a matrix type in layer i, e.g. "model.layers.3.self_attn.q_proj".
-    public static func modulePath(layer: Int, type: String) -> String {
-        let block = ["q_proj", "k_proj", "v_proj", "o_proj"].contains(type) ? "self_attn" : "mlp"
-        return "model.layers.\(layer).\(block).\(type)"
-    }
-
-    /// Module path → basis tensor name, for every factored linear layer.
-    public var basisByModule: [String: String] {
-        var map: [String: String] = [:]
-        for g in groups { for i in g.layers { map[Self.modulePath(layer: i, type: g.type)] = g.basis } }
-        return map
-    }
+    /// Every tensor the listed modules use (not HuggingFace tensors of the source layout).
+    public var moduleTensors: Set<String> { Set(modules.values.flatMap(\.tensors.values)) }
 
     static func coders() -> (JSONEncoder, JSONDecoder) {
         let e = JSONEncoder(), d = JSONDecoder()
@@ -128,13 +97,91 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
 
     public static func load(_ path: String) throws(SheafError) -> CompressedManifest {
         guard let data = FileManager.default.contents(atPath: path) else { throw .io(path: path, detail: "cannot read") }
-        let m: CompressedManifest
-        do { m = try coders().1.decode(CompressedManifest.self, from: data) } catch {
+        return try decode(data, path: path)
+    }
+
+    public static func decode(_ data: Data, path: String) throws(SheafError) -> CompressedManifest {
+        struct Header: Decodable { var format: String; var formatVersion: Int }
+        let decoder = coders().1
+        let header: Header
+        do { header = try decoder.decode(Header.self, from: data) } catch {
             throw .io(path: path, detail: "invalid sheaf.json: \(error)")
         }
-        guard m.format == formatName, m.formatVersion <= formatVersion else {
-            throw .io(path: path, detail: "format '\(m.format)' version \(m.formatVersion) (this Sheaf reads '\(formatName)' up to \(formatVersion))")
+        guard header.format == formatName, (1...formatVersion).contains(header.formatVersion) else {
+            throw .io(path: path, detail: "format '\(header.format)' version \(header.formatVersion) (this Sheaf reads '\(formatName)' 1 to \(formatVersion))")
         }
-        return m
+        do {
+            if header.formatVersion == 1 { return try decoder.decode(FormatOne.self, from: data).converted() }
+            return try decoder.decode(CompressedManifest.self, from: data)
+        } catch {
+            throw .io(path: path, detail: "invalid sheaf.json (format \(header.formatVersion)): \(error)")
+        }
+    }
+}
+
+/// Format 1, as Sheaf 0.1 wrote it: one family of low-rank modules, described by their groups.
+struct FormatOne: Decodable {
+    struct Group: Decodable {
+        var type: String
+        var layers: [Int]
+        var rank: Int
+        var basis: String
+        var energy: Double
+        var error: Double
+        var refitError: Double?
+        var whiteningFallback: Bool
+    }
+    var sheafVersion: String
+    var method: String
+    var requestedRatio: Double
+    var achievedRatio: Double
+    var denseLinearParameters: Int
+    var storedLinearParameters: Int
+    var groupSize: Int
+    var shared: [String]
+    var rankOverrides: [String: Int]
+    var whitened: Bool
+    var refit: Bool
+    var whiteningFallbacks: Int
+    var calibration: CompressedManifest.Calibration?
+    var seed: UInt64
+    var source: String
+    var sourceChecksum: String
+    var groups: [Group]
+
+    /// The same checkpoint in format 2: each group's layers become low-rank modules that use its
+    /// basis and their own `.coefficients`; the method block keeps format 1's fields.
+    func converted() throws -> CompressedManifest {
+        var modules: [String: CompressedManifest.Module] = [:]
+        for g in groups {
+            guard let type = MatrixType(rawValue: g.type) else {
+                throw SheafError.invalidArgument(op: "sheaf.json", detail: "format 1 group of unknown type '\(g.type)'")
+            }
+            for layer in g.layers {
+                let module = type.module(layer: layer)
+                modules[module] = .init(kind: "low-rank", tensors: ["basis": g.basis, "coefficients": module + ".coefficients"])
+            }
+        }
+        let options: JSONValue = .object([
+            "ratio": .number(requestedRatio), "group_size": .int(groupSize), "shared": .array(shared.map(JSONValue.string)),
+            "rank_overrides": .object(rankOverrides.mapValues(JSONValue.int)), "whitened": .bool(whitened), "refit": .bool(refit),
+            "seed": .int(Int(clamping: seed)),
+        ])
+        let report: JSONValue = .object([
+            "whitening_fallbacks": .int(whiteningFallbacks),
+            "groups": .array(groups.map { g in
+                .object([
+                    "type": .string(g.type), "layers": .array(g.layers.map(JSONValue.int)), "rank": .int(g.rank), "basis": .string(g.basis),
+                    "energy": .number(g.energy), "error": .number(g.error), "refit_error": g.refitError.map(JSONValue.number) ?? .null,
+                    "whitening_fallback": .bool(g.whiteningFallback),
+                ])
+            }),
+            "converted_from_format": .int(1),
+        ])
+        return CompressedManifest(
+            sheafVersion: sheafVersion, requestedRatio: requestedRatio, achievedRatio: achievedRatio,
+            denseLinearParameters: denseLinearParameters, storedLinearParameters: storedLinearParameters, calibration: calibration,
+            source: source, sourceChecksum: sourceChecksum, modules: modules,
+            method: .init(name: method, options: options, report: report))
     }
 }

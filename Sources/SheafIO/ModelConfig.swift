@@ -148,11 +148,4 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         }
     }
 
-    /// Parameters of the decoder blocks' linear layers (q, k, v, o, gate, up, down): the
-    /// denominator of the compression ratio (see BENCHMARK.md).
-    public var linearParameterCount: Int {
-        let q = hiddenSize * headCount * headDim, kv = 2 * hiddenSize * kvHeadCount * headDim
-        let o = headCount * headDim * hiddenSize, mlp = 3 * hiddenSize * intermediateSize
-        return layerCount * (q + kv + o + mlp)
-    }
 }

@@ -5,24 +5,8 @@ import SheafIO
 /// Float64 Gram accumulators XᵀX of one decoder layer's distinct linear inputs, on the backend.
 /// One Gram per distinct input, not per matrix: q, k and v read the same input, as do gate and up.
 public final class LayerGrams: @unchecked Sendable {
-    public enum Input: String, CaseIterable, Sendable, Codable {
-        /// Input of q, k, v: the attention RMSNorm output, (hidden, hidden).
-        case attention
-        /// Input of o: the attention output, (heads·headDim, heads·headDim).
-        case attentionOutput
-        /// Input of gate and up: the MLP RMSNorm output, (hidden, hidden).
-        case mlp
-        /// Input of down: silu(gate)·up, (intermediate, intermediate).
-        case mlpDown
-
-        public func width(_ c: ModelConfig) -> Int {
-            switch self {
-            case .attention, .mlp: c.hiddenSize
-            case .attentionOutput: c.headCount * c.headDim
-            case .mlpDown: c.intermediateSize
-            }
-        }
-    }
+    /// The distinct linear inputs of a block (the slot table's `LinearInput`).
+    public typealias Input = LinearInput
 
     let backend: any Backend
     var grams: [Input: MatrixView] = [:]

@@ -7,8 +7,10 @@ import SheafCore
 public protocol LinearLayer: AnyObject, Sendable {
     var inputSize: Int { get }
     var outputSize: Int { get }
-    /// Stored parameters (weights and bias).
-    var parameterCount: Int { get }
+    /// The stored tensors this layer reads, by checkpoint name, with their element counts. A
+    /// tensor shared by several layers (a Basis Sharing basis) is listed by each of them: count a
+    /// model's parameters over the distinct names (`LinearLayers.storedParameters`).
+    var storedTensors: [String: Int] { get }
     /// Writes x·Wᵀ (+ b) into y.
     func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError)
 }
@@ -24,8 +26,10 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     let weightT: MatrixView
     /// (1, outputSize), or nil.
     let bias: MatrixView?
+    public let storedTensors: [String: Int]
 
-    /// `weight`: W as (outputSize, inputSize) row-major values.
+    /// `weight`: W as (outputSize, inputSize) row-major values. `name`: the module path; its
+    /// tensors are `name.weight` and `name.bias`.
     public init(weight: [Float], outputSize: Int, inputSize: Int, bias: [Float]? = nil, on backend: any Backend, name: String)
         throws(SheafError)
     {
@@ -43,9 +47,8 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
         self.backend = backend
         weightT = try MatrixView(backend.upload(transposed, label: name), rows: inputSize, cols: outputSize)
         self.bias = try bias.map { (b) throws(SheafError) in try MatrixView(backend.upload(b, label: name + " bias"), rows: 1, cols: outputSize) }
+        storedTensors = [name + ".weight": weight.count].merging(bias == nil ? [:] : [name + ".bias": outputSize]) { $1 }
     }
-
-    public var parameterCount: Int { inputSize * outputSize + (bias == nil ? 0 : outputSize) }
 
     public func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
         try backend.gemm(x, transposeA: false, weightT, transposeB: false, into: y, alpha: 1, beta: 0)
@@ -67,15 +70,15 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
     /// C: (rank, outputSize).
     let coefficients: MatrixView
     let bias: MatrixView?
-    /// Whether `basis` is counted in this layer's parameters (the first layer of its group).
-    let ownsBasis: Bool
+    public let storedTensors: [String: Int]
     /// Holds x·B between the two products; shared by every factored layer of a model.
     let scratch: Scratch
 
-    /// `basis`: B on the backend (inputSize, rank). `coefficientsT`: Cᵀ as (outputSize, rank)
-    /// row-major, PyTorch orientation (the second nn.Linear's weight).
+    /// `basis`: B on the backend (inputSize, rank), stored as `basisName`. `coefficientsT`: Cᵀ as
+    /// (outputSize, rank) row-major, PyTorch orientation (the second nn.Linear's weight), stored
+    /// as `coefficientsName`. `name`: the module path (its bias is `name.bias`).
     public init(
-        basis: MatrixView, coefficientsT: [Float], outputSize: Int, bias: [Float]? = nil, ownsBasis: Bool = true,
+        basis: MatrixView, basisName: String, coefficientsT: [Float], coefficientsName: String, outputSize: Int, bias: [Float]? = nil,
         scratch: Scratch, on backend: any Backend, name: String
     ) throws(SheafError) {
         let (inputSize, rank) = (basis.rows, basis.cols)
@@ -87,15 +90,13 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
         self.rank = rank
         self.backend = backend
         self.basis = basis
-        self.ownsBasis = ownsBasis
         self.scratch = scratch
+        storedTensors = [basisName: inputSize * rank, coefficientsName: outputSize * rank]
+            .merging(bias == nil ? [:] : [name + ".bias": outputSize]) { $1 }
         let c = try Matrix(rows: outputSize, cols: rank, values: coefficientsT).transposed
         coefficients = try backend.upload(c, label: name + " coefficients")
         self.bias = try bias.map { (b) throws(SheafError) in try MatrixView(backend.upload(b, label: name + " bias"), rows: 1, cols: outputSize) }
     }
-
-    /// Basis counted once per group, coefficients and bias per layer.
-    public var parameterCount: Int { (ownsBasis ? inputSize * rank : 0) + rank * outputSize + (bias == nil ? 0 : outputSize) }
 
     public func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
         let t = try scratch.view(rows: x.rows, cols: rank)
@@ -117,5 +118,14 @@ public final class Scratch: @unchecked Sendable {
     func view(rows: Int, cols: Int) throws(SheafError) -> MatrixView {
         if buffer == nil || buffer!.count < rows * cols { buffer = try backend.makeBuffer(.float32, count: rows * cols) }
         return try MatrixView(buffer!, rows: rows, cols: cols)
+    }
+}
+
+public enum LinearLayers {
+    /// Parameters of `layers`, each distinct stored tensor counted once however many layers use it.
+    public static func storedParameters(_ layers: [any LinearLayer]) -> Int {
+        var seen: [String: Int] = [:]
+        for l in layers { seen.merge(l.storedTensors) { a, _ in a } }
+        return seen.values.reduce(0, +)
     }
 }

@@ -51,7 +51,7 @@ public final class LlamaModel: @unchecked Sendable {
         finalNorm = try loader.vector("model.norm.weight", config.hiddenSize)
         head = config.tiedEmbeddings
             ? try DenseLinear(weight: embedding, outputSize: config.vocabularySize, inputSize: config.hiddenSize, on: backend, name: "tied head")
-            : try loader.linear("lm_head", config.vocabularySize, config.hiddenSize) as any LinearLayer
+            : try loader.outputHead()
     }
 
     /// Scratch activations for one sequence of `tokens`.

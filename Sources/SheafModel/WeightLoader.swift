@@ -9,33 +9,16 @@ public struct WeightLoader: Sendable {
     public let files: ModelFiles
     public let backend: any Backend
     var config: ModelConfig { files.config }
-    /// Module path → basis tensor of a compressed checkpoint's factored layers (empty for dense).
-    let basisByModule: [String: String]
-    /// Bases uploaded so far, by tensor name: each shared basis is uploaded once for its group.
-    private let bases = BasisCache()
-
-    final class BasisCache: @unchecked Sendable {
-        var views: [String: MatrixView] = [:]
-        var scratch: Scratch?
-    }
+    /// What the modules of a compressed checkpoint share (uploaded bases, one scratch).
+    let stored: StoredLayerContext
 
     public init(files: ModelFiles, backend: any Backend) {
         self.files = files
         self.backend = backend
-        basisByModule = files.manifest?.basisByModule ?? [:]
+        stored = StoredLayerContext(files: files, backend: backend)
     }
 
-    func values(_ name: String, _ shape: [Int]) throws(SheafError) -> [Float] {
-        let info = try files.info(name)
-        guard info.shape == shape else {
-            throw .shapeMismatch(op: "load \(files.path)", detail: "tensor '\(name)' has shape \(info.shape), expected \(shape)")
-        }
-        let v = try files.float32(name)
-        if let bad = v.firstIndex(where: { !$0.isFinite }) {
-            throw .nonFinite(op: "load \(files.path)", what: "tensor '\(name)' at element \(bad) (\(v[bad]))")
-        }
-        return v
-    }
+    func values(_ name: String, _ shape: [Int]) throws(SheafError) -> [Float] { try stored.values(name, shape) }
 
     /// The token embedding (vocabulary, hidden) on the host.
     func embedding() throws(SheafError) -> [Float] {
@@ -47,52 +30,43 @@ public struct WeightLoader: Sendable {
         try MatrixView(backend.upload(try values(name, [n]), label: name), rows: 1, cols: n)
     }
 
-    /// Linear layer `name` (a module path): dense from `name.weight`, or, in a compressed
-    /// checkpoint, factored from `name.coefficients` and its group's basis.
-    func linear(_ name: String, _ outSize: Int, _ inSize: Int, bias: Bool = false) throws(SheafError) -> any LinearLayer {
-        let b: [Float]? = bias ? try values(name + ".bias", [outSize]) : nil
-        if let basisName = basisByModule[name] {
-            let rank = try files.info(basisName).shape.first ?? 0
-            var owns = false
-            if bases.views[basisName] == nil {
-                let stored = try Matrix(rows: rank, cols: inSize, values: try values(basisName, [rank, inSize]))
-                bases.views[basisName] = try backend.upload(stored.transposed, label: basisName)
-                owns = true
-            }
-            if bases.scratch == nil { bases.scratch = Scratch(on: backend) }
-            return try LowRankLinear(
-                basis: bases.views[basisName]!, coefficientsT: try values(name + ".coefficients", [outSize, rank]),
-                outputSize: outSize, bias: b, ownsBasis: owns, scratch: bases.scratch!, on: backend, name: name)
+    /// Linear layer `type` of layer `i`: dense from `module.weight`, or, in a compressed checkpoint,
+    /// as its stored-layer kind builds it from the tensors the manifest names.
+    func linear(_ type: MatrixType, layer i: Int) throws(SheafError) -> any LinearLayer {
+        let module = type.module(layer: i), shape = type.shape(config)
+        let bias: [Float]? = type.hasBias(config) ? try values(module + ".bias", [shape.dOut]) : nil
+        if let entry = files.manifest?.modules[module] {
+            let kind = try StoredLayerKinds.kind(of: entry, module: module, in: files.path)
+            return try kind.layer(entry, module: module, shape: shape, bias: bias, context: stored)
         }
         return try DenseLinear(
-            weight: try values(name + ".weight", [outSize, inSize]), outputSize: outSize, inputSize: inSize, bias: b,
-            on: backend, name: name)
+            weight: try values(module + ".weight", [shape.dOut, shape.dIn]), outputSize: shape.dOut, inputSize: shape.dIn, bias: bias,
+            on: backend, name: module)
     }
 
-    /// Decoder block `i` as stored (dense, or factored in a compressed checkpoint).
+    /// Decoder block `i` as stored (dense, or compressed in a compressed checkpoint).
     public func layer(_ i: Int) throws(SheafError) -> DecoderLayer {
         try layer(i, replacing: { _ in nil })
     }
 
-    /// Decoder block `i`, where `replace(modulePath)` may supply a linear layer in place of the
-    /// stored one (e.g. "model.layers.3.mlp.up_proj"); nil takes it from the files.
-    public func layer(_ i: Int, replacing replace: (String) throws(SheafError) -> (any LinearLayer)?) throws(SheafError) -> DecoderLayer {
-        let c = config, (d, hd) = (config.hiddenSize, config.headDim)
-        let p = "model.layers.\(i)."
-        func make(_ name: String, _ outSize: Int, _ inSize: Int, bias: Bool = false) throws(SheafError) -> any LinearLayer {
-            if let replaced = try replace(p + name) { return replaced }
-            return try linear(p + name, outSize, inSize, bias: bias)
+    /// Decoder block `i`, where `replace(type)` may supply a linear layer in place of the stored
+    /// one; nil takes it from the files.
+    public func layer(_ i: Int, replacing replace: (MatrixType) throws(SheafError) -> (any LinearLayer)?) throws(SheafError) -> DecoderLayer {
+        var linears: [MatrixType: any LinearLayer] = [:]
+        for t in MatrixType.allCases {
+            if let replaced = try replace(t) { linears[t] = replaced } else { linears[t] = try linear(t, layer: i) }
         }
+        let p = "model.layers.\(i).", d = config.hiddenSize
         return DecoderLayer(
-            q: try make("self_attn.q_proj", c.headCount * hd, d, bias: c.attentionBias),
-            k: try make("self_attn.k_proj", c.kvHeadCount * hd, d, bias: c.attentionBias),
-            v: try make("self_attn.v_proj", c.kvHeadCount * hd, d, bias: c.attentionBias),
-            o: try make("self_attn.o_proj", d, c.headCount * hd),
-            gate: try make("mlp.gate_proj", c.intermediateSize, d),
-            up: try make("mlp.up_proj", c.intermediateSize, d),
-            down: try make("mlp.down_proj", d, c.intermediateSize),
-            inputNorm: try vector(p + "input_layernorm.weight", d),
+            q: linears[.q]!, k: linears[.k]!, v: linears[.v]!, o: linears[.o]!, gate: linears[.gate]!, up: linears[.up]!,
+            down: linears[.down]!, inputNorm: try vector(p + "input_layernorm.weight", d),
             postAttentionNorm: try vector(p + "post_attention_layernorm.weight", d))
+    }
+
+    /// The output head (vocabulary, hidden), dense from `lm_head.weight`.
+    func outputHead() throws(SheafError) -> any LinearLayer {
+        let (v, d) = (config.vocabularySize, config.hiddenSize)
+        return try DenseLinear(weight: try values("lm_head.weight", [v, d]), outputSize: v, inputSize: d, on: backend, name: "lm_head")
     }
 
     /// A tensor's values by HuggingFace name, shape- and NaN-checked.

@@ -1,8 +1,12 @@
 import Foundation
 import SheafBackend
+import SheafCompress
 import SheafCore
 
 let version = "0.1.0"
+
+/// The compression methods' names, from the registry.
+let methodNames = MethodRegistry.standard.names.joined(separator: ", ")
 
 let mainHelp = """
     sheaf \(version): compress large language models by sharing weights.
@@ -19,7 +23,7 @@ let mainHelp = """
       eval MODEL        Perplexity (Protocol S or P of BENCHMARK.md), tokens/s, peak memory.
       generate MODEL    Greedy text continuation of --prompt, with a KV cache.
       calibrate MODEL   Per-layer Float64 Grams of the linear inputs on calibration text, layer by layer.
-      compress MODEL    Compress a model (Basis Sharing, SVD-LLM, plain SVD) into a Sheaf checkpoint.
+      compress MODEL    Compress a model into a Sheaf checkpoint with a method of \(methodNames).
       export DIR        A compressed checkpoint -> a dense HuggingFace folder.
       help [command]    Show help for a command.
 

@@ -6,42 +6,55 @@ import SheafEval
 import SheafIO
 import SheafModel
 
-let methodList = CompressionMethod.allCases.map { "  " + pad($0.rawValue, 14) + " " + $0.summary }.joined(separator: "\n")
+/// The methods of the registry, one line each.
+let methodList = MethodRegistry.standard.entries.map { "  " + pad($0.name, 14) + " " + $0.summary }.joined(separator: "\n")
+
+/// Each method's options, under the names of the methods that take them (methods that share an
+/// option list, as the whitened-SVD variants do, are listed once together).
+let methodOptionsHelp: String = {
+    var blocks: [(names: [String], options: [MethodOption])] = []
+    for e in MethodRegistry.standard.entries {
+        let signature = e.options.map(\.name)
+        if let k = blocks.firstIndex(where: { $0.options.map(\.name) == signature }) { blocks[k].names.append(e.name) } else {
+            blocks.append(([e.name], e.options))
+        }
+    }
+    return blocks.map { block in
+        "OPTIONS OF \(block.names.joined(separator: ", ")):\n" + block.options.map { o in
+            let head = "  --\(o.name)" + (o.value.map { " \($0)" } ?? ""), indent = String(repeating: " ", count: 19)
+            let lines = o.help.split(separator: "\n").map { String($0) }
+            let first = head.count < 19 ? pad(head, 19) + lines[0] : head + "\n" + indent + lines[0]
+            return ([first] + lines.dropFirst().map { indent + $0 }).joined(separator: "\n")
+        }.joined(separator: "\n")
+    }.joined(separator: "\n\n")
+}()
 
 let compressHelp = """
-    USAGE: sheaf compress MODEL --out DIR [--method basis-sharing|svd-llm|svd] [--ratio R]
-                          [--group-size N] [--share q,k,v,gate,up] [--rank TYPE=K[,TYPE=K…]]
+    USAGE: sheaf compress MODEL --out DIR [--method NAME] [METHOD OPTIONS]
                           [--calib FILE]... [--protocol S|P] [--calib-windows N --calib-len L]
-                          [--refit auto|on|off] [--backend auto|cpu|opencl] [--no-cache]
-                          [--eval] [--json] [--force]
+                          [--backend auto|cpu|opencl] [--no-cache] [--eval] [--json] [--force]
 
     Compresses the decoder's linear layers (q, k, v, o, gate, up, down) of MODEL (a HuggingFace
     folder or a GGUF file) and writes a Sheaf checkpoint to DIR that 'sheaf eval', 'sheaf
-    generate' and 'sheaf export' read. METHODS:
+    generate' and 'sheaf export' read. METHODS (--method, default basis-sharing):
     \(methodList)
 
-    --ratio R        fraction of the linear parameters to remove, in (0, 1) (default 0.2); the
-                     rank of a (d_out, d_in) matrix shared by n layers is
-                     floor(d_in·d_out·n·(1 − R) / (d_in + n·d_out)).
-    --group-size N   consecutive layers per shared basis (default 2 for basis-sharing, else 1);
-                     a last, smaller group takes the leftover layers.
-    --share LIST     matrix types that share a basis across the group (default q,k,v,gate,up;
-                     o and down get one basis per layer).
-    --rank TYPE=K    fix the rank of a matrix type, overriding the ratio (e.g. --rank q=64,down=128).
-    --calib FILE     calibration text (repeatable); default: the Austen novels of
-                     $SHEAF_DATA/austen, else ../shared/data/austen, joined with blank lines.
-    --protocol S|P   calibration size of BENCHMARK.md (S: 128 windows of 512 tokens, P: 256 of
-                     2048); --calib-windows and --calib-len override it.
-    --refit MODE     refit the coefficients by least squares on the inputs the compressed model
-                     (before refit) sees: a second calibration pass; auto (default) = on for R ≥ 0.4.
-    --no-cache       do not read or write the calibration Gram cache ($SHEAF_CACHE/grams, else
-                     ~/.cache/sheaf/grams), keyed by the model's checksum and the calibration windows.
-    --eval           evaluate the result under Protocol S (WikiText-2 test, 32 × 2048 tokens).
-    --force          replace DIR if it exists. Nothing is written to DIR unless the run completes.
+    \(methodOptionsHelp)
 
-    Progress with ETA goes to stderr; the report (rank, whitened energy kept and calibration-
-    weighted error ‖X(W − BC)ᵀ‖²/‖XWᵀ‖² per matrix type and group, parameters and achieved
-    ratio, time per phase, peak memory) to stdout, or as JSON with --json.
+    COMMON OPTIONS:
+      --calib FILE     calibration text (repeatable); default: the Austen novels of
+                       $SHEAF_DATA/austen, else ../shared/data/austen, joined with blank lines.
+      --protocol S|P   calibration size of BENCHMARK.md (S: 128 windows of 512 tokens, P: 256 of
+                       2048); --calib-windows and --calib-len override it.
+      --no-cache       do not read or write the calibration Gram cache ($SHEAF_CACHE/grams, else
+                       ~/.cache/sheaf/grams), keyed by the model's checksum and the calibration windows.
+      --eval           evaluate the result under Protocol S (WikiText-2 test, 32 × 2048 tokens).
+      --force          replace DIR if it exists. Nothing is written to DIR unless the run completes.
+
+    Progress with ETA goes to stderr; the report (the method's table: for the whitened-SVD methods
+    rank, whitened energy kept and calibration-weighted error ‖X(W − BC)ᵀ‖²/‖XWᵀ‖² per matrix type
+    and group; parameters and achieved ratio, time per phase, peak memory) to stdout, or as JSON
+    with --json.
     """
 
 let exportHelp = """
@@ -70,41 +83,58 @@ func extractRepeated(_ name: String, from args: [String]) throws(UsageError) -> 
 }
 
 enum CompressCommand {
-    static func parseOptions(_ a: Arguments, ranks: [String]) throws(UsageError) -> CompressionOptions {
-        var o = CompressionOptions()
-        if let m = a.value("method") {
-            guard let method = CompressionMethod(rawValue: m) else {
-                throw UsageError(description: "--method must be one of \(CompressionMethod.allCases.map(\.rawValue).joined(separator: ", ")), got '\(m)'")
+    /// The common options and flags of `compress`, whatever the method.
+    static let commonOptions: Set<String> = ["out", "method", "protocol", "calib-windows", "calib-len", "backend"]
+    static let commonFlags: Set<String> = ["eval", "json", "force", "no-cache", "help"]
+
+    /// The method named by `--method` (default basis-sharing), before the rest is parsed: its
+    /// options decide what the parser accepts.
+    static func methodEntry(_ args: [String], registry: MethodRegistry = .standard) throws(UsageError) -> MethodEntry {
+        var name = "basis-sharing"
+        for (i, arg) in args.enumerated() {
+            if arg == "--method", i + 1 < args.count { name = args[i + 1] }
+            if arg.hasPrefix("--method=") { name = String(arg.dropFirst("--method=".count)) }
+        }
+        guard let entry = registry.entry(name) else {
+            throw UsageError(description: "--method must be one of \(registry.names.joined(separator: ", ")), got '\(name)'")
+        }
+        return entry
+    }
+
+    /// Splits `args` into the common arguments and the method's own option values.
+    static func methodArguments(_ args: [String], entry: MethodEntry, registry: MethodRegistry = .standard)
+        throws(UsageError) -> (rest: [String], method: MethodArguments)
+    {
+        var rest = args, parsed = MethodArguments()
+        let own = Set(entry.options.map(\.name))
+        for arg in args where arg.hasPrefix("--") {
+            let name = String(arg.dropFirst(2).prefix { $0 != "=" })
+            if !own.contains(name) && !commonOptions.contains(name) && !commonFlags.contains(name), registry.optionNames.contains(name) {
+                let owners = registry.entries.filter { $0.options.contains { $0.name == name } }.map(\.name)
+                throw UsageError(description: "--\(name) is an option of \(owners.joined(separator: ", ")), not of \(entry.name)")
             }
-            o.method = method
         }
-        if let r = a.value("ratio") {
-            guard let ratio = Double(r) else { throw UsageError(description: "--ratio expects a number in (0, 1), got '\(r)'") }
-            o.ratio = ratio
-        }
-        o.groupSize = try a.int("group-size")
-        if let list = a.value("share") {
-            var shared: [MatrixType] = []
-            for name in list.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !name.isEmpty {
-                guard let t = MatrixType(name: name) else {
-                    throw UsageError(description: "--share: '\(name)' is not a linear layer of this architecture (\(MatrixType.allCases.map(\.rawValue).joined(separator: ", ")))")
-                }
-                shared.append(t)
+        for option in entry.options {
+            if let _ = option.value {
+                let (remaining, values) = try extractRepeated(option.name, from: rest)
+                if values.count > 1 && !option.repeatable { throw UsageError(description: "--\(option.name) is given more than once") }
+                if !values.isEmpty { parsed.values[option.name] = values }
+                rest = remaining
+            } else {
+                let before = rest.count
+                rest.removeAll { $0 == "--" + option.name }
+                if rest.count < before { parsed.flags.insert(option.name) }
             }
-            o.shared = shared
         }
-        for item in ranks.flatMap({ $0.split(separator: ",") }) {
-            let parts = item.split(separator: "=")
-            guard parts.count == 2, let t = MatrixType(name: String(parts[0])), let k = Int(parts[1]) else {
-                throw UsageError(description: "--rank expects TYPE=K with TYPE one of \(MatrixType.allCases.map(\.rawValue).joined(separator: ", ")), got '\(item)'")
-            }
-            o.rankOverrides[t] = k
+        return (rest, parsed)
+    }
+
+    /// The method for this model from its parsed options: malformed values are usage errors
+    /// (exit 2), values the model cannot take are refused by the method (exit 1).
+    static func makeMethod(_ entry: MethodEntry, _ arguments: MethodArguments, config: ModelConfig) throws -> any CompressionMethod {
+        do { return try entry.make(arguments, config) } catch let error as MethodOptionError {
+            throw UsageError(description: error.description)
         }
-        if let r = a.value("refit") {
-            guard let refit = CompressionOptions.Refit(rawValue: r) else { throw UsageError(description: "--refit must be auto, on or off, got '\(r)'") }
-            o.refit = refit
-        }
-        return o
     }
 
     static func cacheRoot() -> String {
@@ -112,15 +142,13 @@ enum CompressCommand {
     }
 
     static func run(_ args: [String]) throws -> Int32 {
+        if args.contains("--help") { print(compressHelp); return 0 }
         let (afterCalib, calib) = try extractRepeated("calib", from: args)
-        let (rest, ranks) = try extractRepeated("rank", from: afterCalib)
-        let a = try Arguments(
-            rest, options: ["out", "method", "ratio", "group-size", "share", "protocol", "calib-windows", "calib-len", "refit", "backend"],
-            flags: ["eval", "json", "force", "no-cache", "help"])
-        if a.flag("help") { print(compressHelp); return 0 }
+        let entry = try methodEntry(afterCalib)
+        let (rest, methodArguments) = try methodArguments(afterCalib, entry: entry)
+        let a = try Arguments(rest, options: commonOptions, flags: commonFlags)
         guard a.positionals.count == 1 else { throw UsageError(description: "compress takes one MODEL (a folder or a .gguf file)") }
         guard let out = a.value("out") else { throw UsageError(description: "compress needs --out DIR") }
-        let options = try parseOptions(a, ranks: ranks)
         guard let proto = EvalProtocol(rawValue: a.value("protocol") ?? "S") else { throw UsageError(description: "--protocol must be S or P") }
         let (defaultCount, defaultLength) = CalibrationWindows.size(for: proto)
         let count = try a.int("calib-windows") ?? defaultCount, length = try a.int("calib-len") ?? defaultLength
@@ -128,7 +156,7 @@ enum CompressCommand {
 
         // Everything that can be refused is checked before the long work starts.
         let files = try ModelFiles.open(a.positionals[0])
-        _ = try CompressionPlan(config: files.config, options: options)
+        let method = try makeMethod(entry, methodArguments, config: files.config)
         if FileManager.default.fileExists(atPath: out) && !a.flag("force") {
             throw SheafError.io(path: out, detail: "output folder exists (pass --force to replace it)")
         }
@@ -146,12 +174,14 @@ enum CompressCommand {
         if a.flag("eval") && files.config.maxPositions < EvalProtocol.S.context {
             throw UsageError(description: "--eval needs a context of \(EvalProtocol.S.context) tokens; the model has \(files.config.maxPositions)")
         }
-        note("compress: \(options.method.rawValue), ratio \(options.ratio), group size \(options.effectiveGroupSize), "
+        let given = methodArguments.values.sorted { $0.key < $1.key }.map { "--\($0.key) \($0.value.joined(separator: ","))" }
+            + methodArguments.flags.sorted().map { "--\($0)" }
+        note("compress: \(method.name)\(given.isEmpty ? "" : " " + given.joined(separator: " ")), "
             + "\(count) calibration windows of \(length) tokens on \(backend.kind.rawValue) (\(backend.deviceName))")
         let loadSeconds = monotonicSeconds() - t0
 
         let result = try Compressor.compress(
-            files: files, backend: backend, windows: windows, options: options, cache: cache, progress: { note("compress: " + $0) })
+            files: files, backend: backend, windows: windows, method: method, cache: cache, progress: { note("compress: " + $0) })
         let w0 = monotonicSeconds()
         var textHash = SHA256()
         Array(text.utf8).withUnsafeBytes { textHash.update($0) }
@@ -183,7 +213,7 @@ enum CompressCommand {
         seconds["evaluation"] = evaluation?.seconds
         seconds["total"] = monotonicSeconds() - t0
         let report = Report(
-            manifest: manifest, seconds: seconds, gramsFromCache: result.gramsFromCache, refitRidges: result.refitRidges,
+            manifest: manifest, table: result.output.report, seconds: seconds, gramsFromCache: result.gramsFromCache,
             calibrationTokensPerSecond: result.gramsFromCache ? nil : Double(count * length) / (result.seconds["calibration"] ?? 1),
             peakResidentBytes: peakResidentBytes(), evaluation: evaluation)
         if a.flag("json") { try printJSON(report) } else { report.print() }
@@ -192,29 +222,27 @@ enum CompressCommand {
 
     struct Report: Encodable {
         var manifest: CompressedManifest
+        /// Printed as a table; its JSON is the manifest's method report.
+        var table: MethodReport
         var seconds: [String: Double]
         var gramsFromCache: Bool
-        var refitRidges: Int
         var calibrationTokensPerSecond: Double?
         var peakResidentBytes: Int?
         var evaluation: PerplexityResult?
 
+        enum CodingKeys: String, CodingKey {
+            case manifest, seconds, gramsFromCache, calibrationTokensPerSecond, peakResidentBytes, evaluation
+        }
+
         func print() {
             let m = manifest
-            let refit = m.refit
-            Swift.print(pad("type", 10) + pad("layers", 9) + pad("rank", 7) + pad("energy", 10) + pad("error", 11)
-                + (refit ? pad("refit error", 12) : "") + "fallback")
-            for g in m.groups {
-                let layers = g.layers.count == 1 ? "\(g.layers[0])" : "\(g.layers.first!)-\(g.layers.last!)"
-                    var row = pad(g.type, 10) + pad(layers, 9) + pad("\(g.rank)", 7)
-                row += pad(String(format: "%.4f", g.energy), 10) + pad(sci(g.error), 11)
-                if refit { row += pad(g.refitError.map(sci) ?? "-", 12) }
-                Swift.print(row + (g.whiteningFallback ? "yes" : "no"))
-            }
-            Swift.print("linear parameters: \(m.denseLinearParameters) -> \(m.storedLinearParameters); ratio requested "
-                + "\(m.requestedRatio), achieved \(String(format: "%.4f", m.achievedRatio)); whitening fallbacks \(m.whiteningFallbacks)"
-                + (refit ? ", refit ridges \(refitRidges)" : ""))
-            let phases = ["load", "calibration", "factorization", "refit", "write", "evaluation", "total"]
+            let widths = table.columns.indices.map { c in max(table.columns[c].count, table.rows.map { $0[c].count }.max() ?? 0) + 2 }
+            Swift.print(zip(table.columns, widths).map { pad($0, $1) }.joined())
+            for row in table.rows { Swift.print(zip(row, widths).map { pad($0, $1) }.joined()) }
+            Swift.print("linear parameters: \(m.denseLinearParameters) -> \(m.storedLinearParameters); ratio "
+                + (m.requestedRatio.map { "requested \($0), " } ?? "") + "achieved \(String(format: "%.4f", m.achievedRatio))"
+                + (table.notes.isEmpty ? "" : "; " + table.notes.joined(separator: ", ")))
+            let phases = ["load", "calibration", "method", "write", "evaluation", "total"]
             let times: [String] = phases.compactMap { p in seconds[p].map { "\(p) \(fixed($0)) s" } }
             var source = ""
             if gramsFromCache { source = " (Grams from the cache)" } else if let rate = calibrationTokensPerSecond {
