@@ -50,13 +50,26 @@ let package = Package(
         .target(name: "SheafEval", dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel"]),
         .executableTarget(
             name: "sheaf", dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "SheafCompress"]),
-        // Depends on the executable so `swift test` builds the `sheaf` binary the CLI tests run.
-        // Also the forward-pass tests: they use backends, so they nest in the same serialized suite.
+        // What the test targets share: the backends under test and the serialized suite that
+        // holds every backend-using suite, the tiny random model, the real-model fixtures, the
+        // rounding bounds of the forward pass, and the `sheaf` binary runner.
+        .target(
+            name: "SheafTestSupport", dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel"],
+            path: "Tests/SheafTestSupport"),
+        // Backend ops against the reference (parity), the vector loops, bad input to the backends.
         .testTarget(
-            name: "SheafBackendTests",
-            dependencies: [
-                "SheafCore", "SheafCPUKernels", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "SheafCompress", "sheaf",
-            ]),
+            name: "SheafBackendTests", dependencies: ["SheafCore", "SheafCPUKernels", "SheafBackend", "SheafTestSupport"]),
+        // The forward pass, calibration hooks and the real model's perplexity.
+        .testTarget(
+            name: "SheafModelTests",
+            dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "SheafTestSupport"]),
+        // Compression methods, the checkpoint and its export. Depends on the executable for the
+        // end-to-end runs of `sheaf compress`.
+        .testTarget(
+            name: "SheafCompressTests",
+            dependencies: ["SheafCore", "SheafBackend", "SheafIO", "SheafModel", "SheafEval", "SheafCompress", "SheafTestSupport", "sheaf"]),
+        // The `sheaf` binary as a user runs it: exit codes, one-line errors, JSON that parses.
+        .testTarget(name: "SheafCLITests", dependencies: ["SheafBackend", "SheafTestSupport", "sheaf"]),
         .testTarget(name: "SheafIOTests", dependencies: ["SheafCore", "SheafIO"]),
     ]
 )

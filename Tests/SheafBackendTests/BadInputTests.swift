@@ -1,6 +1,7 @@
 import Foundation
 import SheafBackend
 import SheafCore
+import SheafTestSupport
 import Testing
 
 /// Bad input gets a typed error naming the op and the shapes, never a crash, on every backend.

@@ -1,5 +1,6 @@
 import SheafBackend
 import SheafCore
+import SheafTestSupport
 import Testing
 
 /// Every op on every backend against the Float64 reference, at the sizes that catch bugs:

@@ -2,6 +2,7 @@ import Foundation
 import SheafBackend
 import SheafCPUKernels
 import SheafCore
+import SheafTestSupport
 import Testing
 
 /// SheafCPUKernels against Float64 libm, run only where the CPU can execute them (everywhere on

@@ -4,47 +4,8 @@ import SheafCore
 import SheafEval
 import SheafIO
 import SheafModel
+import SheafTestSupport
 import Testing
-
-/// A tiny random Llama written as a HuggingFace folder: hidden 64, 4 query heads and 2
-/// key-value heads of 16, MLP 96, 2 layers, vocabulary 101.
-enum TinyModel {
-    static func write(seed: UInt64 = 7, attentionBias: Bool = false, nanIn: String? = nil) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-tiny-\(getpid())-\(seed)-\(nanIn ?? "")").path
-        try? FileManager.default.removeItem(atPath: dir)
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let config = try ModelConfig(
-            architecture: attentionBias ? "qwen2" : "llama", hiddenSize: 64, intermediateSize: 96, layerCount: 2, headCount: 4,
-            kvHeadCount: 2, headDim: 16, vocabularySize: 101, ropeTheta: 10_000, rmsNormEps: 1e-5, maxPositions: 512,
-            tiedEmbeddings: false, attentionBias: attentionBias)
-        try config.configJSON().write(to: URL(fileURLWithPath: dir + "/config.json"))
-        var rng = SplitMix64(seed: seed)
-        var tensors: [TensorToWrite] = []
-        func add(_ name: String, _ shape: [Int], scale: Float, offset: Float = 0) throws {
-            var values = (0..<shape.reduce(1, *)).map { _ in rng.nextSignedUnitFloat() * scale + offset }
-            if name == nanIn { values[3] = .nan }
-            tensors.append(try TensorToWrite(name: name, shape: shape, values: values))
-        }
-        try add("model.embed_tokens.weight", [101, 64], scale: 1)
-        try add("lm_head.weight", [101, 64], scale: 0.2)
-        try add("model.norm.weight", [64], scale: 0.1, offset: 1)
-        for i in 0..<2 {
-            let p = "model.layers.\(i)."
-            try add(p + "input_layernorm.weight", [64], scale: 0.1, offset: 1)
-            try add(p + "post_attention_layernorm.weight", [64], scale: 0.1, offset: 1)
-            for (name, out, inp) in [("self_attn.q_proj", 64, 64), ("self_attn.k_proj", 32, 64), ("self_attn.v_proj", 32, 64),
-                                     ("self_attn.o_proj", 64, 64), ("mlp.gate_proj", 96, 64), ("mlp.up_proj", 96, 64),
-                                     ("mlp.down_proj", 64, 96)] {
-                try add(p + name + ".weight", [out, inp], scale: 0.25)
-                if attentionBias && ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].contains(name) {
-                    try add(p + name + ".bias", [out], scale: 0.1)
-                }
-            }
-        }
-        try SafetensorsWriter.writeModel(tensors, to: dir)
-        return dir
-    }
-}
 
 extension BackendSuites {
     @Suite struct Forward {

@@ -4,30 +4,8 @@ import SheafCore
 import SheafEval
 import SheafIO
 import SheafModel
+import SheafTestSupport
 import Testing
-
-/// The reference model (scripts/fixtures) and WikiText-2 test (../shared/data or SHEAF_DATA);
-/// missing files fail with directions, never skip.
-enum RealFixtures {
-    static var modelPath: String {
-        let cache = ProcessInfo.processInfo.environment["SHEAF_CACHE"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? (NSHomeDirectory() + "/.cache/sheaf")
-        return cache + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-    }
-
-    static var wikiPath: String {
-        let data = ProcessInfo.processInfo.environment["SHEAF_DATA"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../../shared/data").path
-        return data + "/wikitext-2-raw/wiki.test.raw"
-    }
-
-    static func require(_ path: String) throws {
-        guard FileManager.default.fileExists(atPath: path) else {
-            Issue.record("missing \(path): run scripts/fixtures (and keep ../shared/data beside the clone or set SHEAF_DATA)")
-            throw SheafError.io(path: path, detail: "missing")
-        }
-    }
-}
 
 extension BackendSuites {
     /// Dense SmolLM2-135M under a reduced Protocol S: the first 2 windows of 1024 tokens of

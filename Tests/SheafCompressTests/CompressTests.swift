@@ -5,10 +5,17 @@ import SheafCore
 import SheafEval
 import SheafIO
 import SheafModel
+import SheafTestSupport
 import Testing
 
 /// Basis Sharing / SVD-LLM / plain SVD on the tiny random model of ForwardTests: exactness at
 /// full rank, the optimality of whitening, backend agreement, the checkpoint and its export.
+/// Progress lines collected by an escaping closure.
+final class Lines: @unchecked Sendable {
+    private(set) var all: [String] = []
+    func append(_ line: String) { all.append(line) }
+}
+
 enum CompressFixture {
     /// 6 windows of 40 random tokens: 240 rows, more than the widest input (96), so every
     /// Gram is positive definite.
@@ -19,7 +26,7 @@ enum CompressFixture {
 
     static let evalTokens: [Int32] = [5, 17, 99, 0, 42, 42, 7, 100, 63, 1, 2, 3, 88, 21, 34, 55, 89, 13, 8, 5, 3, 77, 64, 12]
 
-    static func options(_ method: CompressionMethod, ratio: Double = 0.5, groupSize: Int? = nil, refit: CompressionOptions.Refit = .off,
+    static func options(_ method: WhitenedSVDMethod.Variant, ratio: Double = 0.5, groupSize: Int? = nil, refit: CompressionOptions.Refit = .off,
                         ranks: [MatrixType: Int] = [:]) -> CompressionOptions {
         var o = CompressionOptions()
         o.method = method
@@ -28,6 +35,17 @@ enum CompressFixture {
         o.refit = refit
         o.rankOverrides = ranks
         return o
+    }
+
+    /// Runs the whitened-SVD method with `options` through the shared driver; the method holds
+    /// the factored groups afterwards.
+    static func compress(
+        _ source: ModelFiles, _ backend: any Backend, _ options: CompressionOptions, windows: [[Int32]] = windows,
+        cache: GramCache? = nil, progress: @escaping (String) -> Void = { _ in }
+    ) throws -> (result: CompressionResult, groups: [FactoredGroup]) {
+        let method = try WhitenedSVDMethod(options: options, config: source.config)
+        let r = try Compressor.compress(files: source, backend: backend, windows: windows, method: method, cache: cache, progress: progress)
+        return (r, method.groups)
     }
 
     /// Every type at its largest rank for group size 2 on the tiny model (hidden 64, MLP 96).
@@ -81,19 +99,18 @@ extension BackendSuites {
         @Test(arguments: [CompressionOptions.Refit.off, .on])
         func fullRankReproducesDense(refit: CompressionOptions.Refit) throws {
             let source = try ModelFiles.open(try TinyModel.write(seed: 21))
-            let r = try Compressor.compress(
-                files: source, backend: Backends.cpu, windows: F.windows,
-                options: F.options(.basisSharing, groupSize: 2, refit: refit, ranks: F.fullRanks))
-            #expect(r.groups.count == 5 + 2 * 2)  // q, k, v, gate, up shared by both layers; o, down per layer
+            let (r, groups) = try F.compress(source, Backends.cpu, F.options(.basisSharing, groupSize: 2, refit: refit, ranks: F.fullRanks))
+            #expect(groups.count == 5 + 2 * 2)  // q, k, v, gate, up shared by both layers; o, down per layer
             let compressed = try F.write(r, source: source, tag: "full-\(refit)")
-            #expect(compressed.manifest?.refit == (refit == .on))
+            #expect(compressed.manifest?.method.options["refit"]?.boolValue == (refit == .on))
+            #expect(compressed.manifest?.modules.count == 2 * 7 && compressed.manifest?.formatVersion == 2)
             let dense = try logits(source, Backends.cpu), factored = try logits(compressed, Backends.cpu)
             // Two computations of the logits, one with a rank-64 product (and its Float32 factors)
             // after each linear: the forward path's bound (Support.swift).
             let bound = ForwardPath.logitsNMSEBetween(source.config, keys: F.evalTokens.count, rank: 64 + 2)
             #expect(F.nmse(factored, dense) < bound, "nMSE \(F.nmse(factored, dense)) (bound \(bound))")
             let kappa = try F.gramCondition(source)
-            for g in r.groups {
+            for g in groups {
                 // At full rank only the factors' Float32 rounding remains.
                 let rounding = pow(F.factorRounding(rank: g.rank, gramCondition: kappa), 2)
                 #expect(g.error < rounding, "\(g.type) \(g.layers): error \(g.error) (bound \(rounding))")
@@ -112,11 +129,10 @@ extension BackendSuites {
         /// Basis Sharing with n = 1 is SVD-LLM: the same factors, bit for bit.
         @Test func groupSizeOneIsSVDLLM() throws {
             let source = try ModelFiles.open(try TinyModel.write(seed: 22))
-            let shared = try Compressor.compress(
-                files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.basisSharing, groupSize: 1))
-            let svdLLM = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM))
-            #expect(shared.groups.count == 14 && svdLLM.groups.count == 14)
-            for (a, b) in zip(shared.groups, svdLLM.groups) {
+            let shared = try F.compress(source, Backends.cpu, F.options(.basisSharing, groupSize: 1)).groups
+            let svdLLM = try F.compress(source, Backends.cpu, F.options(.svdLLM)).groups
+            #expect(shared.count == 14 && svdLLM.count == 14)
+            for (a, b) in zip(shared, svdLLM) {
                 #expect(a.type == b.type && a.layers == b.layers && a.rank == b.rank)
                 #expect(a.basisT.values == b.basisT.values && a.coefficientsT.map(\.values) == b.coefficientsT.map(\.values))
             }
@@ -126,11 +142,11 @@ extension BackendSuites {
         /// never above plain SVD's, matrix by matrix, and clearly below it in total.
         @Test func whitenedBeatsPlainSVD() throws {
             let source = try ModelFiles.open(try TinyModel.write(seed: 23))
-            let whitened = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM))
-            let plain = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svd))
+            let (whitenedResult, whitened) = try F.compress(source, Backends.cpu, F.options(.svdLLM))
+            let (plainResult, plain) = try F.compress(source, Backends.cpu, F.options(.svd))
             var sumW = 0.0, sumP = 0.0
             let kappa = try F.gramCondition(source)
-            for (w, p) in zip(whitened.groups, plain.groups) {
+            for (w, p) in zip(whitened, plain) {
                 #expect(w.rank == p.rank)
                 // Exact arithmetic gives w ≤ p; the Float32 factors move each √error by at most ρ.
                 let rho = F.factorRounding(rank: w.rank, gramCondition: kappa)
@@ -140,7 +156,9 @@ extension BackendSuites {
                 sumP += p.error
             }
             #expect(sumW < 0.9 * sumP, "whitened \(sumW), plain \(sumP)")
-            #expect(abs(whitened.storedLinearParameters - plain.storedLinearParameters) == 0)
+            let provenance = CompressedCheckpoint.Provenance(sheafVersion: "test", calibration: nil, sourceChecksum: "test")
+            #expect(try CompressedCheckpoint.manifest(whitenedResult, source: source, provenance: provenance).storedLinearParameters
+                == CompressedCheckpoint.manifest(plainResult, source: source, provenance: provenance).storedLinearParameters)
         }
 
         /// cpu and opencl (PoCL) give the same factors, compared by singular values and by the
@@ -148,8 +166,8 @@ extension BackendSuites {
         @Test func backendsAgree() throws {
             let source = try ModelFiles.open(try TinyModel.write(seed: 24))
             let options = F.options(.basisSharing, ratio: 0.3, groupSize: 2)
-            let cpu = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: options)
-            let cl = try Compressor.compress(files: source, backend: try Backends.opencl(), windows: F.windows, options: options)
+            let (cpuResult, cpu) = try F.compress(source, Backends.cpu, options)
+            let (clResult, cl) = try F.compress(source, try Backends.opencl(), options)
             // The two backends' Grams differ by ε_G (ForwardTests' gram bound, 240 rows, 40 keys);
             // the whitening factor then by at most κ₂(G)·ε_G relative (Cholesky perturbation), and
             // so does the whitened stack M (Weyl: |Δσᵢ| ≤ ‖ΔM‖₂ ≤ σ₁·κ₂(G)·ε_G).
@@ -157,7 +175,7 @@ extension BackendSuites {
             let gramError = 2 * 2 * rho + 2 * Roundoff.gamma(240 + 2, unit: Roundoff.float32) * 240.0.squareRoot()
             let stackError = try F.gramCondition(source) * gramError
             var reconstructionBound = 0.0
-            for (a, b) in zip(cpu.groups, cl.groups) {
+            for (a, b) in zip(cpu, cl) {
                 let k = a.rank, sigma = a.singularValues
                 let sa = Array(sigma.prefix(k)).map(Float.init), sb = Array(b.singularValues.prefix(k)).map(Float.init)
                 let svBound = pow(stackError * sigma[0], 2) * Double(k) / sigma.prefix(k).reduce(0) { $0 + $1 * $1 }
@@ -173,7 +191,7 @@ extension BackendSuites {
                     #expect(F.nmse(rb, ra) < bound, "\(a.type) layer \(a.layers[i]): reconstruction nMSE \(F.nmse(rb, ra)) (bound \(bound))")
                 }
             }
-            let filesCPU = try F.write(cpu, source: source, tag: "cpu"), filesCL = try F.write(cl, source: source, tag: "cl")
+            let filesCPU = try F.write(cpuResult, source: source, tag: "cpu"), filesCL = try F.write(clResult, source: source, tag: "cl")
             let pCPU = try Perplexity.evaluate(try LlamaModel(files: filesCPU, backend: Backends.cpu), windows: [F.evalTokens]).perplexity
             let pCL = try Perplexity.evaluate(try LlamaModel(files: filesCL, backend: try Backends.opencl()), windows: [F.evalTokens]).perplexity
             // Logits differ by the weights' reconstruction difference plus two forward passes.
@@ -189,25 +207,21 @@ extension BackendSuites {
             let root = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-grams-\(getpid())").path
             try? FileManager.default.removeItem(atPath: root)
             let cache = GramCache(root: root)
-            let first = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM), cache: cache)
-            let second = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM), cache: cache)
-            #expect(!first.gramsFromCache && second.gramsFromCache)
+            let first = try F.compress(source, Backends.cpu, F.options(.svdLLM), cache: cache)
+            let second = try F.compress(source, Backends.cpu, F.options(.svdLLM), cache: cache)
+            #expect(!first.result.gramsFromCache && second.result.gramsFromCache)
             #expect(first.groups.map(\.basisT.values) == second.groups.map(\.basisT.values))
-            let other = try Compressor.compress(
-                files: source, backend: Backends.cpu, windows: Array(F.windows.dropLast()), options: F.options(.svdLLM), cache: cache)
-            #expect(!other.gramsFromCache, "other windows must not hit the cache")
+            let other = try F.compress(source, Backends.cpu, F.options(.svdLLM), windows: Array(F.windows.dropLast()), cache: cache)
+            #expect(!other.result.gramsFromCache, "other windows must not hit the cache")
             // Another backend (here the cpu backend's portable loops) computes its own Grams.
-            let portable = try Compressor.compress(
-                files: source, backend: Backends.cpuPortable, windows: F.windows, options: F.options(.svdLLM), cache: cache)
-            #expect(!portable.gramsFromCache, "another backend must not hit the cache")
+            let portable = try F.compress(source, Backends.cpuPortable, F.options(.svdLLM), cache: cache)
+            #expect(!portable.result.gramsFromCache, "another backend must not hit the cache")
             // A damaged entry is recalibrated, not fatal.
             let entry = root + "/" + GramCache.key(modelChecksum: try source.checksum(), backend: Backends.cpu, windows: F.windows)
             try Data("not a safetensors file".utf8).write(to: URL(fileURLWithPath: entry + "/layer-0001.safetensors"))
-            var warnings: [String] = []
-            let damaged = try Compressor.compress(
-                files: source, backend: Backends.cpu, windows: F.windows, options: F.options(.svdLLM), cache: cache,
-                progress: { warnings.append($0) })
-            #expect(!damaged.gramsFromCache && warnings.contains { $0.contains("cannot be read") }, "\(warnings)")
+            let warnings = Lines()
+            let damaged = try F.compress(source, Backends.cpu, F.options(.svdLLM), cache: cache, progress: { warnings.append($0) })
+            #expect(!damaged.result.gramsFromCache && warnings.all.contains { $0.contains("cannot be read") }, "\(warnings.all)")
             #expect(damaged.groups.map(\.basisT.values) == first.groups.map(\.basisT.values))
             #expect(cache.contains(GramCache.key(modelChecksum: try source.checksum(), backend: Backends.cpu, windows: F.windows), layers: 2))
         }
@@ -236,7 +250,7 @@ extension BackendSuites {
         @Test func realModelCompressEvalExport() throws {
             try RealFixtures.require(RealFixtures.modelPath)
             try RealFixtures.require(RealFixtures.wikiPath)
-            let cli = CLI()
+            let cli = SheafCLI()
             let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-real-\(getpid())").path
             try? FileManager.default.removeItem(atPath: tmp)
             let out = tmp + "/bs", dense = tmp + "/dense"
@@ -247,7 +261,10 @@ extension BackendSuites {
             let manifest = report?["manifest"] as? [String: Any]
             let achieved = manifest?["achievedRatio"] as? Double ?? 0
             #expect(abs(achieved - 0.2) < 0.005, "achieved ratio \(achieved)")
-            #expect((manifest?["groups"] as? [Any])?.count == 5 * 15 + 2 * 30)
+            let method = manifest?["method"] as? [String: Any]
+            #expect(method?["name"] as? String == "basis-sharing")
+            #expect(((method?["report"] as? [String: Any])?["groups"] as? [Any])?.count == 5 * 15 + 2 * 30)
+            #expect((manifest?["modules"] as? [String: Any])?.count == 7 * 30)
             #expect(c.stderr.contains("ETA"))
 
             func ppl(_ model: String) throws -> Double {
@@ -274,7 +291,7 @@ extension BackendSuites {
 
         /// Bad input through the CLI: one line, non-zero exit, nothing written to --out.
         @Test func cliRefusesBadInput() throws {
-            let cli = CLI()
+            let cli = SheafCLI()
             let model = try TinyModel.write(seed: 27)
             let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-bad-\(getpid())").path
             try? FileManager.default.removeItem(atPath: tmp)

@@ -1,41 +1,12 @@
 import Foundation
 import SheafBackend
+import SheafTestSupport
 import Testing
 
 /// The `sheaf` binary as a user runs it: exit codes, one-line errors, JSON that parses.
 extension BackendSuites {
     @Suite struct CLI {
-        struct Run {
-            var status: Int32
-            var stdout: String
-            var stderr: String
-        }
-
-        /// The `sheaf` executable next to the test bundle (same build configuration).
-        static var binary: URL {
-            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("sheaf")
-        }
-
-        func sheaf(_ args: [String], env: [String: String] = [:]) throws -> Run {
-            var binary = Self.binary
-            if !FileManager.default.fileExists(atPath: binary.path) {
-                // `swift test` may launch the bundle through a helper: fall back to the package's build folder.
-                let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../..")
-                binary = ["release", "debug"].map { root.appendingPathComponent(".build/\($0)/sheaf") }
-                    .first { FileManager.default.fileExists(atPath: $0.path) } ?? binary
-            }
-            let p = Process()
-            p.executableURL = binary
-            p.arguments = args
-            p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-            let out = Pipe(), err = Pipe()
-            p.standardOutput = out
-            p.standardError = err
-            try p.run()
-            let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
-        }
+        func sheaf(_ args: [String], env: [String: String] = [:]) throws -> SheafCLI.Run { try SheafCLI().sheaf(args, env: env) }
 
         @Test func doctorPassesOnBothBackends() throws {
             let r = try sheaf(["doctor", "--json"])
