@@ -28,7 +28,9 @@ public protocol CompressionMethod: AnyObject {
 public enum CalibrationStatistics: Sendable, Equatable {
     /// Nothing: the method works on the weights alone.
     case none
-    /// Per layer, the Float64 Gram XᵀX of each distinct linear input (`LinearInput`).
+    /// Per layer, the Float64 Gram XᵀX of each distinct linear input (`LinearInput`). A head's
+    /// block (the o-proj input of query head h, for head-wise sharing) is the diagonal block of
+    /// the attention-output Gram at `MatrixType.o.headSlices(config).range(h)`.
     case inputGrams
 }
 
