@@ -60,8 +60,9 @@ public enum CompressedCheckpoint {
         var sheafSection: [String: Any] = ["method": manifest.method.name, "achieved_ratio": manifest.achievedRatio, "manifest": CompressedManifest.fileName]
         if let ratio = manifest.requestedRatio { sheafSection["requested_ratio"] = ratio }
         try HFExport.writeFolder(
-            to: out, replace: replace, config: source.config, configJSON: try source.config.configJSON(extra: ["sheaf": sheafSection]),
-            tokenizer: try source.tokenizerIfPresent(), extraFiles: [CompressedManifest.fileName: try manifest.encoded()]
+            to: out, replace: replace, inputs: [source.path], config: source.config,
+            configJSON: try source.config.configJSON(extra: ["sheaf": sheafSection]), tokenizer: try source.tokenizerIfPresent(),
+            extraFiles: [CompressedManifest.fileName: try manifest.encoded()], notice: progress
         ) { () throws(SheafError) in
             // Deferred: each source tensor is read only when the writer reaches it.
             var tensors: [TensorToWrite] = []
@@ -97,7 +98,8 @@ public enum CompressedCheckpoint {
         }
         let moduleTensors = manifest.moduleTensors
         try HFExport.writeFolder(
-            to: out, replace: replace, config: c, configJSON: try c.configJSON(), tokenizer: try files.tokenizerIfPresent()
+            to: out, replace: replace, inputs: [files.path], config: c, configJSON: try c.configJSON(),
+            tokenizer: try files.tokenizerIfPresent(), notice: progress
         ) { () throws(SheafError) in
             // Deferred: each weight is reconstructed when the writer reaches it, so the export
             // holds the shared tensors and one dense weight at a time, not the whole dense model.

@@ -13,8 +13,8 @@ public enum HFExport {
     ) throws(SheafError) {
         let tokenizer = try model.tokenizer()
         try writeFolder(
-            to: out, replace: replace, config: model.config, configJSON: try model.config.configJSON(), tokenizer: tokenizer,
-            shardBytes: shardBytes
+            to: out, replace: replace, inputs: [model.path], config: model.config, configJSON: try model.config.configJSON(),
+            tokenizer: tokenizer, shardBytes: shardBytes, notice: progress
         ) { () throws(SheafError) in
             // Deferred: each tensor is read and dequantised when the writer reaches it, so the
             // conversion holds one tensor at a time, not the whole model in float32.
@@ -32,24 +32,20 @@ public enum HFExport {
     /// A model folder: the tensors from `makeTensors` as model.safetensors (sharded above
     /// `shardBytes`), `configJSON` as config.json, tokenizer.json (when given), generation_config.json and
     /// `extraFiles` (name → bytes). Everything is written into a temporary sibling folder renamed
-    /// to `out` at the end; an existing `out` is refused unless `replace`.
+    /// to `out` at the end (`OutputFolder`: never over one of `inputs`, an existing `out` only
+    /// with `replace` and only when Sheaf wrote it, one writer at a time; `notice` hears what
+    /// dead runs left and was removed).
     public static func writeFolder(
-        to out: String, replace: Bool, config: ModelConfig, configJSON: Data, tokenizer: Tokenizer?,
-        extraFiles: [String: Data] = [:], shardBytes: Int = 5 << 30, makeTensors: () throws(SheafError) -> [TensorToWrite]
+        to out: String, replace: Bool, inputs: [String], config: ModelConfig, configJSON: Data, tokenizer: Tokenizer?,
+        extraFiles: [String: Data] = [:], shardBytes: Int = 5 << 30, notice: (String) -> Void = { _ in },
+        makeTensors: () throws(SheafError) -> [TensorToWrite]
     ) throws(SheafError) {
-        let fm = FileManager.default
-        // "dir/" and "dir" name the same folder; the temporary sibling must sit beside it, not in it.
-        let out = URL(fileURLWithPath: out).standardizedFileURL.path
-        if fm.fileExists(atPath: out) && !replace {
-            throw .io(path: out, detail: "output folder exists (pass --force to replace it)")
-        }
-        let partial = out + ".partial-\(getpid())"
-        try? fm.removeItem(atPath: partial)
+        let folder = try OutputFolder.prepare(out, inputs: inputs, replace: replace, notice: notice)
+        let (out, partial) = (folder.path, folder.partial)
         do throws(SheafError) {
-            do { try fm.createDirectory(atPath: partial, withIntermediateDirectories: true) } catch {
-                throw .io(path: partial, detail: "cannot create: \(error.localizedDescription)")
-            }
-            try SafetensorsWriter.writeModel(try makeTensors(), metadata: ["format": "pt"], to: partial, shardBytes: shardBytes)
+            try SafetensorsWriter.writeModel(
+                try makeTensors(), metadata: ["format": "pt", OutputFolder.writtenByKey: OutputFolder.writtenByValue], to: partial,
+                shardBytes: shardBytes)
             try atomicWrite(configJSON, to: partial + "/config.json")
             if let tokenizer { try atomicWrite(tokenizer.tokenizerJSON(), to: partial + "/tokenizer.json") }
             var generation: [String: Any] = ["_from_model_config": true]
@@ -60,14 +56,9 @@ public enum HFExport {
             }
             try atomicWrite(json, to: partial + "/generation_config.json")
             for (name, data) in extraFiles.sorted(by: { $0.key < $1.key }) { try atomicWrite(data, to: partial + "/" + name) }
-            do {
-                if fm.fileExists(atPath: out) { try fm.removeItem(atPath: out) }
-                try fm.moveItem(atPath: partial, toPath: out)
-            } catch {
-                throw .io(path: out, detail: "cannot move the finished folder into place: \(error.localizedDescription)")
-            }
+            try folder.finish()
         } catch {
-            try? fm.removeItem(atPath: partial)
+            folder.abandon()
             throw error
         }
     }

@@ -157,9 +157,7 @@ enum CompressCommand {
         // Everything that can be refused is checked before the long work starts.
         let files = try ModelFiles.open(a.positionals[0])
         let method = try makeMethod(entry, methodArguments, config: files.config)
-        if FileManager.default.fileExists(atPath: out) && !a.flag("force") {
-            throw SheafError.io(path: out, detail: "output folder exists (pass --force to replace it)")
-        }
+        try OutputFolder.check(out, inputs: [files.path], replace: a.flag("force"))
         guard length <= files.config.maxPositions else {
             throw UsageError(description: "--calib-len \(length) exceeds the model's context of \(files.config.maxPositions)")
         }
@@ -266,6 +264,7 @@ enum ExportCommand {
         guard let out = a.value("out") else { throw UsageError(description: "export needs --out DIR2") }
         guard (a.value("format") ?? "hf") == "hf" else { throw UsageError(description: "--format must be hf (the only format so far)") }
         let files = try ModelFiles.open(a.positionals[0])
+        try OutputFolder.check(out, inputs: [files.path], replace: a.flag("force"))
         let t0 = monotonicSeconds()
         try CompressedCheckpoint.exportDense(files, to: out, replace: a.flag("force"), progress: { note("export: " + $0) })
         note("export: wrote \(out) in \(fixed(monotonicSeconds() - t0)) s")

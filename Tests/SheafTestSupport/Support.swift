@@ -181,7 +181,7 @@ public struct SheafCLI {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("sheaf")
     }
 
-    public func sheaf(_ args: [String], env: [String: String] = [:]) throws -> Run {
+    public func sheaf(_ args: [String], env: [String: String] = [:], in directory: String? = nil) throws -> Run {
         var binary = Self.binary
         if !FileManager.default.fileExists(atPath: binary.path) {
             // `swift test` may launch the bundle through a helper: fall back to the package's build folder.
@@ -192,6 +192,7 @@ public struct SheafCLI {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
         p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
