@@ -43,6 +43,16 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         case eosTokenID = "eos_token_id"
     }
 
+    /// Keys read only to refuse what Sheaf does not implement.
+    enum RefusedKeys: String, CodingKey {
+        case hiddenAct = "hidden_act"
+        case ropeScaling = "rope_scaling"
+    }
+
+    /// The largest tensor, in elements, a config may describe: 2⁴⁰ (4 TiB of float32), far past
+    /// any model and far below where Int products of sizes overflow.
+    public static let maxTensorElements = 1 << 40
+
     public init(
         architecture: String, hiddenSize: Int, intermediateSize: Int, layerCount: Int, headCount: Int,
         kvHeadCount: Int, headDim: Int? = nil, vocabularySize: Int, ropeTheta: Double, rmsNormEps: Double,
@@ -75,6 +85,19 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         // eos_token_id may be a list in newer configs: keep the first.
         let eos = (try? c.decodeIfPresent(Int.self, forKey: .eosTokenID))
             ?? (try? c.decodeIfPresent([Int].self, forKey: .eosTokenID))?.first
+        // Sheaf's forward pass is SiLU-gated with plain RoPE: a model that needs anything else
+        // is refused by name, never evaluated wrongly.
+        let r = try decoder.container(keyedBy: RefusedKeys.self)
+        let act = try r.decodeIfPresent(String.self, forKey: .hiddenAct) ?? "silu"
+        guard act == "silu" || act == "swish" else {
+            throw SheafError.invalidArgument(op: "model config", detail: "hidden_act '\(act)' is not supported (Sheaf runs SiLU-gated MLPs)")
+        }
+        if r.contains(.ropeScaling), !(try r.decodeNil(forKey: .ropeScaling)) {
+            let fields = try? r.decode([String: JSONScalar].self, forKey: .ropeScaling)
+            let kind = fields?["rope_type"]?.text ?? fields?["type"]?.text ?? "?"
+            throw SheafError.invalidArgument(
+                op: "model config", detail: "rope_scaling of type '\(kind)' is not supported (Sheaf applies plain RoPE); refusing rather than evaluating the model wrongly")
+        }
         try self.init(
             architecture: arch, hiddenSize: hidden,
             intermediateSize: try c.decode(Int.self, forKey: .intermediateSize),
@@ -104,6 +127,26 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         ] where v <= 0 {
             throw .invalidArgument(op: op, detail: "\(name) must be positive, got \(v)")
         }
+        // Sizes come from files: every product the model's tensors need must stay in range.
+        func product(_ factors: [(String, Int)]) throws(SheafError) -> Int {
+            var p = 1
+            for (_, v) in factors {
+                let (r, overflow) = p.multipliedReportingOverflow(by: v)
+                guard !overflow, r <= Self.maxTensorElements else {
+                    throw .invalidArgument(
+                        op: op, detail: factors.map { "\($0.0) \($0.1)" }.joined(separator: " × ") + " exceeds \(Self.maxTensorElements) elements")
+                }
+                p = r
+            }
+            return p
+        }
+        let attentionWidth = try product([("num_attention_heads", headCount), ("head_dim", headDim)])
+        _ = try product([("num_key_value_heads", kvHeadCount), ("head_dim", headDim)])
+        _ = try product([("vocab_size", vocabularySize), ("hidden_size", hiddenSize)])
+        _ = try product([("intermediate_size", intermediateSize), ("hidden_size", hiddenSize)])
+        _ = try product([("num_attention_heads × head_dim", attentionWidth), ("hidden_size", hiddenSize)])
+        let perLayer = MatrixType.allCases.reduce(0) { $0 + $1.shape(self).dOut * $1.shape(self).dIn }
+        _ = try product([("num_hidden_layers", layerCount), ("linear parameters per layer", perLayer)])
         guard headCount % kvHeadCount == 0 else {
             throw .invalidArgument(op: op, detail: "num_attention_heads \(headCount) is not a multiple of num_key_value_heads \(kvHeadCount)")
         }
@@ -148,4 +191,13 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         }
     }
 
+}
+
+/// A JSON scalar read loosely (rope_scaling's fields, to name what is refused).
+struct JSONScalar: Decodable {
+    let text: String
+    init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let s = try? c.decode(String.self) { text = s } else if let d = try? c.decode(Double.self) { text = "\(d)" } else { text = "?" }
+    }
 }

@@ -30,11 +30,49 @@ public final class ModelFiles: @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw .io(path: path, detail: "no such file or folder")
         }
-        if isDir.boolValue { return try openFolder(path) }
-        if path.hasSuffix(".safetensors") {
+        if path.hasSuffix(".safetensors") && !isDir.boolValue {
             throw .io(path: path, detail: "give the model's folder (with config.json), not a single .safetensors file")
         }
-        return try openGGUF(path)
+        let files = isDir.boolValue ? try openFolder(path) : try openGGUF(path)
+        try files.validateTensorSet()
+        return files
+    }
+
+    /// The one check every command's model passes: the tensors are exactly what the config
+    /// describes (each present with its shape, none for layers the config does not have), so a
+    /// model with a missing or extra layer, a wrong width or no tensors is refused by name before
+    /// anything runs or is written. Compressed modules' own tensors are checked by their kinds.
+    public func validateTensorSet() throws(SheafError) {
+        let c = config
+        func expect(_ name: String, _ shape: [Int], _ why: String) throws(SheafError) {
+            guard sources[name] != nil else {
+                throw .io(path: path, detail: "missing tensor '\(name)' (\(why)); \(tensorNames.count) tensors present")
+            }
+            let got = try info(name).shape
+            guard got == shape else {
+                throw .io(path: path, detail: "tensor '\(name)' has shape \(got), the config says \(shape) (\(why))")
+            }
+        }
+        let (v, d) = (c.vocabularySize, c.hiddenSize)
+        try expect("model.embed_tokens.weight", [v, d], "vocab_size × hidden_size")
+        try expect("model.norm.weight", [d], "hidden_size")
+        if !c.tiedEmbeddings { try expect("lm_head.weight", [v, d], "vocab_size × hidden_size, untied") }
+        for layer in 0..<c.layerCount {
+            let why = "layer \(layer) of num_hidden_layers \(c.layerCount)"
+            try expect("model.layers.\(layer).input_layernorm.weight", [d], why)
+            try expect("model.layers.\(layer).post_attention_layernorm.weight", [d], why)
+            for t in MatrixType.allCases {
+                let module = t.module(layer: layer), (dOut, dIn) = t.shape(c)
+                if manifest?.modules[module] == nil { try expect(module + ".weight", [dOut, dIn], why) }
+                if t.hasBias(c) { try expect(module + ".bias", [dOut], why) }
+            }
+        }
+        for name in tensorNames where name.hasPrefix("model.layers.") {
+            let index = name.dropFirst("model.layers.".count).prefix { $0 != "." }
+            if let layer = Int(index), layer >= c.layerCount {
+                throw .io(path: path, detail: "tensor '\(name)' is beyond the config's num_hidden_layers \(c.layerCount)")
+            }
+        }
     }
 
     private init(
@@ -123,6 +161,9 @@ public final class ModelFiles: @unchecked Sendable {
         }
         guard ModelConfig.supportedArchitectures.contains(arch) else {
             throw .io(path: g.path, detail: "unsupported architecture '\(arch)' (supported: \(ModelConfig.supportedArchitectures.joined(separator: ", ")))")
+        }
+        if let scaling = g.metadata["\(arch).rope.scaling.type"]?.string, scaling != "none" {
+            throw .io(path: g.path, detail: "\(arch).rope.scaling.type '\(scaling)' is not supported (Sheaf applies plain RoPE); refusing rather than evaluating the model wrongly")
         }
         let heads = try int("attention.head_count"), hidden = try int("embedding_length")
         let vocab = g.metadata["tokenizer.ggml.tokens"]?.stringArray?.count

@@ -217,6 +217,24 @@ func temporaryFolder(_ tag: String) throws -> String {
         #expect(back == c)
     }
 
+    /// Sizes from a file are bounded before any product of them is taken (2³¹, 2⁶³ − 1 used to
+    /// trap in the parameter count), and what Sheaf does not implement is refused by name.
+    @Test func refusesOverflowingSizesAndUnsupportedFeatures() throws {
+        for huge in ["2147483648", "4294967295", "9223372036854775807"] {
+            let json = smol.replacingOccurrences(of: "\"hidden_size\": 576", with: "\"hidden_size\": \(huge)")
+            #expect { try JSONDecoder().decode(ModelConfig.self, from: Data(json.utf8)) } throws: { "\($0)".contains("exceeds") }
+        }
+        let layers = smol.replacingOccurrences(of: "\"num_hidden_layers\": 30", with: "\"num_hidden_layers\": 9223372036854775807")
+        #expect { try JSONDecoder().decode(ModelConfig.self, from: Data(layers.utf8)) } throws: { "\($0)".contains("exceeds") }
+        let gelu = smol.replacingOccurrences(of: "\"tie_word_embeddings\": true", with: "\"tie_word_embeddings\": true, \"hidden_act\": \"gelu\"")
+        #expect { try JSONDecoder().decode(ModelConfig.self, from: Data(gelu.utf8)) } throws: { "\($0)".contains("hidden_act 'gelu'") }
+        let scaled = smol.replacingOccurrences(
+            of: "\"tie_word_embeddings\": true", with: "\"tie_word_embeddings\": true, \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}")
+        #expect { try JSONDecoder().decode(ModelConfig.self, from: Data(scaled.utf8)) } throws: { "\($0)".contains("rope_scaling of type 'llama3'") }
+        let plain = smol.replacingOccurrences(of: "\"tie_word_embeddings\": true", with: "\"tie_word_embeddings\": true, \"rope_scaling\": null, \"hidden_act\": \"silu\"")
+        #expect(try JSONDecoder().decode(ModelConfig.self, from: Data(plain.utf8)).hiddenSize == 576)
+    }
+
     @Test func refusesUnknownArchitecturesByName() throws {
         let gpt = smol.replacingOccurrences(of: "\"llama\"", with: "\"gpt_neox\"")
         #expect { try JSONDecoder().decode(ModelConfig.self, from: Data(gpt.utf8)) } throws: { error in
