@@ -21,7 +21,7 @@ public struct GramCache: Sendable {
     /// one backend whether its Grams were cached or not.
     public static func key(modelChecksum: String, backend: any Backend, windows: [[Int32]]) -> String {
         var h = SheafCore.SHA256()
-        let header = "sheaf-grams-v2|\(modelChecksum)|\(backend.kind.rawValue)|\(backend.deviceName)|"
+        let header = "sheaf-grams-v3|\(modelChecksum)|\(backend.kind.rawValue)|\(backend.deviceName)|"
             + "\(windows.count)|\(windows.first?.count ?? 0)|"
         Array(header.utf8).withUnsafeBytes { h.update($0) }
         for w in windows { w.withUnsafeBytes { h.update($0) } }
@@ -36,7 +36,16 @@ public struct GramCache: Sendable {
         (0..<layers).allSatisfy { FileManager.default.fileExists(atPath: folder(key) + "/" + Self.file($0)) }
     }
 
-    /// Layer `layer`'s Grams from a complete entry.
+    /// SHA-256 of the Grams' bytes in input order: stored in each layer file's metadata, checked
+    /// on read, so a damaged or poisoned entry is recomputed instead of breaking every later run.
+    static func checksum(_ grams: [LayerGrams.Input: Matrix<Double>]) -> String {
+        var h = SheafCore.SHA256()
+        for input in LayerGrams.Input.allCases { grams[input]?.values.withUnsafeBytes { h.update($0) } }
+        return SheafCore.SHA256.hex(h.finalize())
+    }
+
+    /// Layer `layer`'s Grams from a complete entry, checked against the stored checksum and for
+    /// non-finite values.
     public func read(_ key: String, layer: Int) throws(SheafError) -> [LayerGrams.Input: Matrix<Double>] {
         let path = folder(key) + "/" + Self.file(layer)
         let file = try SafetensorsFile(path: path)
@@ -50,6 +59,12 @@ public struct GramCache: Sendable {
             var values = [Double](repeating: 0, count: info.elementCount)
             values.withUnsafeMutableBytes { $0.copyBytes(from: bytes) }
             out[input] = try Matrix(rows: info.shape[0], cols: info.shape[1], values: values)
+        }
+        guard let stored = file.metadata["sha256"], stored == Self.checksum(out) else {
+            throw .io(path: path, detail: "cached Grams fail their checksum (damaged or written by another version)")
+        }
+        if let (input, g) = out.first(where: { $0.value.values.contains { !$0.isFinite } }) {
+            throw .io(path: path, detail: "cached Gram '\(input.rawValue)' holds a non-finite value at \(g.values.firstIndex { !$0.isFinite }!)")
         }
         return out
     }
@@ -73,7 +88,7 @@ public struct GramCache: Sendable {
                 let bytes = g.values.withUnsafeBytes { [UInt8]($0) }
                 tensors.append(try TensorToWrite(name: input.rawValue, shape: [g.rows, g.cols], dtype: .F64, bytes: bytes))
             }
-            try SafetensorsWriter.write(tensors, to: partial + "/" + GramCache.file(layer))
+            try SafetensorsWriter.write(tensors, metadata: ["sha256": GramCache.checksum(grams)], to: partial + "/" + GramCache.file(layer))
         }
 
         public func finish() throws(SheafError) {

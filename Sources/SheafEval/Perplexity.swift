@@ -44,6 +44,11 @@ public enum Perplexity {
         var total = 0.0, predictions = 0
         for (i, w) in windows.enumerated() {
             let nll = try model.nextTokenNLL(w)
+            if let bad = nll.firstIndex(where: { !$0.isFinite }) {
+                // A perplexity of NaN is no result: say where the activations broke.
+                let step = try model.firstNonFiniteStep(w) ?? "the cross-entropy"
+                throw .nonFinite(op: "eval", what: "the NLL of window \(i + 1), prediction \(bad) (\(nll[bad])): the activations first become non-finite in \(step)")
+            }
             for v in nll { total += Double(v) }
             predictions += nll.count
             progress(i + 1, windows.count, monotonicSeconds() - t0)

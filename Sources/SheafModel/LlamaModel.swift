@@ -213,6 +213,24 @@ public final class LlamaModel: @unchecked Sendable {
         return a.normed
     }
 
+    /// Where one sequence's activations first become non-finite (NaN or ±∞): "decoder layer i",
+    /// "the final norm" or "the output head"; nil when everything stays finite. Runs the blocks
+    /// one at a time and downloads the residual stream after each: for diagnosing, not speed.
+    public func firstNonFiniteStep(_ tokens: [Int32]) throws(SheafError) -> String? {
+        func finite(_ m: MatrixView) throws(SheafError) -> Bool { (try backend.download(m) as Matrix<Float>).values.allSatisfy(\.isFinite) }
+        let a = try Activations(backend, tokens: tokens.count, config)
+        try backend.add(try embed(tokens), into: a.hidden)
+        for i in layers.indices {
+            try Self.block(layers[i], a, config: config, backend: backend, position: 0)
+            if !(try finite(a.hidden)) { return "decoder layer \(i)" }
+        }
+        try backend.rmsNorm(a.hidden, weight: finalNorm, eps: Float(config.rmsNormEps), into: a.normed)
+        if !(try finite(a.normed)) { return "the final norm" }
+        let out = try backend.zeros(.float32, rows: tokens.count, cols: config.vocabularySize)
+        try head.forward(a.normed, into: out)
+        return try finite(out) ? nil : "the output head"
+    }
+
     /// Greedy decoding with a KV cache: the prompt is run once, then one token per step, until
     /// `maxTokens` new tokens or `stop`. Returns the new tokens; `onToken` sees each as it comes.
     public func generate(

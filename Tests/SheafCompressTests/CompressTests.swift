@@ -224,6 +224,21 @@ extension BackendSuites {
             #expect(!damaged.result.gramsFromCache && warnings.all.contains { $0.contains("cannot be read") }, "\(warnings.all)")
             #expect(damaged.groups.map(\.basisT.values) == first.groups.map(\.basisT.values))
             #expect(cache.contains(GramCache.key(modelChecksum: try source.checksum(), backend: Backends.cpu, windows: F.windows), layers: 2))
+            // A poisoned entry (a NaN inside a well-formed file with its old checksum) fails its
+            // checksum: recomputed with a notice, then read from the cache again.
+            let layerFile = entry + "/layer-0000.safetensors"
+            let original = try SafetensorsFile(path: layerFile)
+            let poisoned = try original.tensorNames.map { (name) throws -> TensorToWrite in
+                var bytes = try original.rawBytes(name)
+                if name == "attention" { withUnsafeBytes(of: Double.nan) { for (i, b) in $0.enumerated() { bytes[i] = b } } }
+                return try TensorToWrite(name: name, shape: try original.info(name).shape, dtype: .F64, bytes: bytes)
+            }
+            try SafetensorsWriter.write(poisoned, metadata: original.metadata, to: layerFile)
+            let notices = Lines()
+            let recomputed = try F.compress(source, Backends.cpu, F.options(.svdLLM), cache: cache, progress: { notices.append($0) })
+            #expect(!recomputed.result.gramsFromCache && notices.all.contains { $0.contains("checksum") }, "\(notices.all)")
+            #expect(recomputed.groups.map(\.basisT.values) == first.groups.map(\.basisT.values))
+            #expect(try F.compress(source, Backends.cpu, F.options(.svdLLM), cache: cache).result.gramsFromCache)
         }
 
         /// Options that cannot work are refused before any work, one line each.
