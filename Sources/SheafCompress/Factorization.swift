@@ -107,7 +107,9 @@ public enum WhitenedSVD {
             num += n
             den += d
         }
-        return den > 0 ? num / den : 0
+        // tr(D·G·Dᵀ) ≥ 0 exactly (G is a Gram); a negative sum is rounding noise of an error far
+        // below the Float64 resolution of tr(W·G·Wᵀ), reported as 0.
+        return den > 0 ? max(0, num) / den : 0
     }
 
     /// (tr(D·G·Dᵀ), tr(W·G·Wᵀ)) for the layer at `position` of the group.

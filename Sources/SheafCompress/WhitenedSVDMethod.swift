@@ -197,7 +197,7 @@ public final class WhitenedSVDMethod: CompressionMethod {
                     errorTerms[index].0 += num
                     errorTerms[index].1 += den
                     if p == solved[index].layers.count - 1 {
-                        solved[index].refitError = errorTerms[index].1 > 0 ? errorTerms[index].0 / errorTerms[index].1 : 0
+                        solved[index].refitError = errorTerms[index].1 > 0 ? max(0, errorTerms[index].0) / errorTerms[index].1 : 0
                     }
                 }
                 let elapsed = monotonicSeconds() - t0

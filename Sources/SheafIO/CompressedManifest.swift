@@ -102,9 +102,12 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
 
     public static func decode(_ data: Data, path: String) throws(SheafError) -> CompressedManifest {
         struct Header: Decodable { var format: String; var formatVersion: Int }
+        try checkJSON([UInt8](data), path: path, what: fileName)
         let decoder = coders().1
         let header: Header
-        do { header = try decoder.decode(Header.self, from: data) } catch {
+        do { header = try decoder.decode(Header.self, from: data) } catch let DecodingError.dataCorrupted(context) {
+            throw .io(path: path, detail: "invalid sheaf.json: \(describe(context))")
+        } catch {
             throw .io(path: path, detail: "invalid sheaf.json: \(error)")
         }
         guard header.format == formatName, (1...formatVersion).contains(header.formatVersion) else {

@@ -161,14 +161,17 @@ public struct ModelConfig: Codable, Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw .io(path: path, detail: "cannot read config.json")
         }
+        try checkJSON([UInt8](data), path: path, what: "config.json")
         do { return try JSONDecoder().decode(ModelConfig.self, from: data) } catch let e as SheafError {
             throw .io(path: path, detail: e.description)
         } catch let DecodingError.keyNotFound(key, _) {
             throw .io(path: path, detail: "missing key '\(key.stringValue)'")
         } catch let DecodingError.typeMismatch(_, context) {
             throw .io(path: path, detail: "wrong type at '\(context.codingPath.map(\.stringValue).joined(separator: "."))'")
+        } catch let DecodingError.dataCorrupted(context) {
+            throw .io(path: path, detail: "invalid config.json: \(describe(context))")
         } catch {
-            throw .io(path: path, detail: "invalid config.json: \(error.localizedDescription)")
+            throw .io(path: path, detail: "invalid config.json: \(error)")
         }
     }
 
@@ -200,4 +203,15 @@ struct JSONScalar: Decodable {
         let c = try decoder.singleValueContainer()
         if let s = try? c.decode(String.self) { text = s } else if let d = try? c.decode(Double.self) { text = "\(d)" } else { text = "?" }
     }
+}
+
+/// A decoding failure in words: where, and what (Foundation's own text, "The data isn't in the
+/// correct format", names neither).
+func describe(_ context: DecodingError.Context) -> String {
+    let at = context.codingPath.map(\.stringValue).joined(separator: ".")
+    var text = context.debugDescription
+    if let underlying = context.underlyingError as NSError?, let detail = underlying.userInfo["NSDebugDescription"] as? String {
+        text += " (\(detail))"
+    }
+    return (at.isEmpty ? "" : "at '\(at)': ") + text
 }

@@ -59,6 +59,7 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
         dataStart = 8 + Int(headerLength)
         let headerBytes = mapped.subdata(in: 8..<dataStart)
         guard String(data: headerBytes, encoding: .utf8) != nil else { throw fail("header is not valid UTF-8") }
+        try checkJSON([UInt8](headerBytes), path: path, what: "header")
         let json: Any
         do { json = try JSONSerialization.jsonObject(with: headerBytes) } catch {
             throw fail("header is not valid JSON (\(error.localizedDescription))")
@@ -190,6 +191,7 @@ public final class ShardedSafetensors: TensorStore, @unchecked Sendable {
         let dir = (indexPath as NSString).deletingLastPathComponent
         let fail = { (detail: String) in SheafError.io(path: indexPath, detail: detail) }
         guard let bytes = FileManager.default.contents(atPath: indexPath) else { throw fail("cannot read the index") }
+        try checkJSON([UInt8](bytes), path: indexPath, what: "index")
         guard let object = (try? JSONSerialization.jsonObject(with: bytes)) as? [String: Any],
             let map = object["weight_map"] as? [String: Any]
         else { throw fail("not a safetensors index: expected a JSON object with a weight_map") }
@@ -210,6 +212,13 @@ public final class ShardedSafetensors: TensorStore, @unchecked Sendable {
                 throw fail("tensor '\(tensor)' is not in its shard '\(file)'")
             }
             shardOf[tensor] = shards[file]
+        }
+        // A tensor stored in a second shard besides the one the index names: ambiguous, refused.
+        for (file, shard) in shards.sorted(by: { $0.key < $1.key }) {
+            for name in shard.tensorNames where shardOf[name] !== shard {
+                let named = map[name] as? String
+                throw fail("tensor '\(name)' is in shard '\(file)'" + (named.map { " and in '\($0)', which the index names" } ?? ", which the index does not name"))
+            }
         }
         self.shardOf = shardOf
         tensorNames = shardOf.keys.sorted()

@@ -104,6 +104,8 @@ struct TokenizerJSONParser {
         defer { depth -= 1 }
         position += 1
         var members: [(key: String, value: TokenizerJSONValue)] = []
+        // Keys compared as exact UTF-8 bytes, as lookups are (a String set would merge "é" and "e\u{301}").
+        var keys = Set<[UInt8]>()
         skipWhitespace()
         if position < bytes.count, bytes[position] == UInt8(ascii: "}") {
             position += 1
@@ -112,7 +114,13 @@ struct TokenizerJSONParser {
         while true {
             skipWhitespace()
             guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else { throw failure("expected a string key") }
+            let keyStart = position
             let key = try parseString()
+            // Foundation's parsers keep the last of a repeated key without a word: refuse it.
+            guard keys.insert(Array(key.utf8)).inserted else {
+                position = keyStart
+                throw failure("duplicate key '\(key)'")
+            }
             skipWhitespace()
             guard position < bytes.count, bytes[position] == UInt8(ascii: ":") else { throw failure("expected ':'") }
             position += 1
@@ -299,5 +307,14 @@ struct TokenizerJSONWriter {
             }
             raw("}")
         }
+    }
+}
+
+/// Checks JSON before Foundation reads it: a key repeated in one object (which JSONSerialization
+/// and JSONDecoder accept, keeping the last) is refused, and a syntax error is named with its byte
+/// offset (Foundation says only "The given data was not valid JSON").
+func checkJSON(_ bytes: [UInt8], path: String, what: String) throws(SheafError) {
+    do { _ = try TokenizerJSONParser.parse(bytes) } catch {
+        throw .io(path: path, detail: error.message.hasPrefix("duplicate key") ? "\(what): \(error.message)" : "\(what) is not valid JSON: \(error.message)")
     }
 }

@@ -82,6 +82,25 @@ func temporaryFolder(_ tag: String) throws -> String {
         object["weight_map"] = map
         try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: index))
         #expect { try ShardedSafetensors(indexPath: index) } throws: { "\($0)".contains("does not exist") }
+
+        // A tensor in two shards: the index names one, the other copy would be silently ignored.
+        map.removeValue(forKey: "ghost.weight")
+        let second = files[1]
+        let movedName = map.first { $0.value == files[0] }!.key
+        object["weight_map"] = map
+        try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: index))
+        let shard = try SafetensorsFile(path: dir + "/" + second)
+        var extra = try shard.tensorNames.map { name in
+            try TensorToWrite(name: name, shape: shard.info(name).shape, dtype: SafetensorsDType(rawValue: shard.info(name).type)!, bytes: shard.rawBytes(name))
+        }
+        extra.append(tensors.first { $0.name == movedName }!)
+        try SafetensorsWriter.write(extra, to: dir + "/" + second)
+        #expect { try ShardedSafetensors(indexPath: index) } throws: { "\($0)".contains("tensor '\(movedName)' is in shard '\(second)'") }
+
+        // An index repeating a tensor's key.
+        let repeated = #"{"weight_map": {"ids": "\#(files[0])", "ids": "\#(second)"}}"#
+        try Data(repeated.utf8).write(to: URL(fileURLWithPath: index))
+        #expect { try ShardedSafetensors(indexPath: index) } throws: { "\($0)".contains("duplicate key 'ids'") }
     }
 
     /// Deferred tensors are produced once each, when the writer reaches them, and give the same
@@ -141,6 +160,8 @@ func temporaryFolder(_ tag: String) throws -> String {
             (try file(header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#, dataBytes: 12, in: dir), "overlap"),
             (try file(header: #"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,8]}}"#, dataBytes: 8, in: dir), "does not match"),
             (try file(header: "[1,2]", dataBytes: 0, in: dir), "not an object"),
+            // JSONSerialization keeps the last of a repeated key: the first tensor would vanish unseen.
+            (try file(header: #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, dataBytes: 8, in: dir), "duplicate key 'a'"),
         ]
         for (path, expected) in cases {
             #expect { try SafetensorsFile(path: path) } throws: { error in
@@ -248,5 +269,30 @@ func temporaryFolder(_ tag: String) throws -> String {
         try Data(smol.replacingOccurrences(of: "\"num_key_value_heads\": 3", with: "\"num_key_value_heads\": 4").utf8)
             .write(to: URL(fileURLWithPath: dir + "/config.json"))
         #expect { try ModelConfig.load(configJSON: dir + "/config.json") } throws: { "\($0)".contains("multiple") }
+        // A repeated key (JSONDecoder would keep the last, silently).
+        try Data(smol.replacingOccurrences(of: "\"hidden_size\": 576", with: "\"hidden_size\": 576, \"hidden_size\": 512").utf8)
+            .write(to: URL(fileURLWithPath: dir + "/config.json"))
+        #expect { try ModelConfig.load(configJSON: dir + "/config.json") } throws: { "\($0)".contains("duplicate key 'hidden_size'") }
+        // Broken JSON names the file and where, not Foundation's "isn't in the correct format".
+        try Data("{\"hidden_size\": 576,".utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
+        #expect { try ModelConfig.load(configJSON: dir + "/config.json") } throws: { error in
+            let t = "\(error)"
+            return t.contains("config.json") && !t.contains("correct format")
+        }
+    }
+}
+
+@Suite struct CompressedManifestTests {
+    /// sheaf.json with a repeated key, or broken JSON, gets one line naming the file and the fault.
+    @Test func badManifestsNameTheFault() throws {
+        let repeated = #"{"format": "sheaf-compressed", "format": "x", "formatVersion": 2}"#
+        #expect { try CompressedManifest.decode(Data(repeated.utf8), path: "/m/sheaf.json") } throws: { error in
+            let t = "\(error)"
+            return t.contains("/m/sheaf.json") && t.contains("duplicate key 'format'") && !t.contains("\n")
+        }
+        #expect { try CompressedManifest.decode(Data(#"{"format": "#.utf8), path: "/m/sheaf.json") } throws: { error in
+            let t = "\(error)"
+            return t.contains("/m/sheaf.json") && t.contains("not valid JSON") && t.contains("at byte")
+        }
     }
 }
