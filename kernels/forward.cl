@@ -14,6 +14,12 @@
 // cross_entropy: nll[r] = logsumexp(logits[r]) - logits[r, target[r]], max-subtracted, the
 //   sum of exponentials in double. One work-group of RW per row. NDRange: global (RW, rows),
 //   local (RW, 1).
+// gather_columns: out[r, i] = src[r, labels[i]] (0 for a label outside 0..k-1), src (rows, k),
+//   out (rows, n). NDRange: global (n, rows): consecutive work-items write consecutive outputs of
+//   one row (coalesced); their reads hit the k columns of the same row, which stay in cache.
+// sum_column_groups: out[r, c] = sum of src[r, members[t]] for t in starts[c] .. starts[c+1]-1,
+//   in that order; src (rows, n), out (rows, k). NDRange: global (k, rows). No atomics: each
+//   work-item owns one output and reads its group's member list.
 
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 
@@ -110,6 +116,33 @@ __kernel void add_inplace(const int rows, const int cols,
     const int c = get_global_id(0), r = get_global_id(1);
     if (c >= cols || r >= rows) return;
     y[offY + r * ldy + c] += x[offX + r * ldx + c];
+}
+
+__kernel void gather_columns(const int rows, const int n, const int k,
+                             __global const float *src, const int offS, const int lds,
+                             __global const int *labels,
+                             __global float *out, const int offO, const int ldo)
+{
+    const int i = get_global_id(0), r = get_global_id(1);
+    if (i >= n || r >= rows) return;
+    const int c = labels[i];
+    out[offO + r * ldo + i] = (c >= 0 && c < k) ? src[offS + r * lds + c] : 0.0f;
+}
+
+__kernel void sum_column_groups(const int rows, const int k, const int n,
+                                __global const float *src, const int offS, const int lds,
+                                __global const int *members, __global const int *starts,
+                                __global float *out, const int offO, const int ldo)
+{
+    const int c = get_global_id(0), r = get_global_id(1);
+    if (c >= k || r >= rows) return;
+    __global const float *row = src + offS + r * lds;
+    float sum = 0.0f;
+    for (int t = starts[c]; t < starts[c + 1]; ++t) {
+        const int j = members[t];
+        if (j >= 0 && j < n) sum += row[j];
+    }
+    out[offO + r * ldo + c] = sum;
 }
 
 __kernel __attribute__((reqd_work_group_size(RW, 1, 1)))

@@ -165,6 +165,22 @@ public protocol Backend: AnyObject, Sendable {
     func kmeansAccumulate(points: MatrixView, labels: DeviceBuffer, sums: MatrixView, counts: DeviceBuffer)
         throws(SheafError)
 
+    // MARK: clustered layers (SWSC)
+
+    /// out[r, i] = src[r, labels[i]] for src (rows, k), labels int32 (n) with values in 0..<k and
+    /// out (rows, n), all float32: a row-clustered layer's outputs, each output channel the
+    /// column of x·Cᵀ of its cluster's centroid. `cpu` and `reference` refuse a label outside
+    /// 0..<k; `opencl`, whose labels stay on the device, writes 0 there (a clustered layer checks
+    /// its labels once, when it loads).
+    func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError)
+
+    /// out[r, c] = Σ_{t ∈ starts[c] ..< starts[c + 1]} src[r, members[t]] for src (rows, n),
+    /// members int32 (n) listing the columns of group 0, then group 1, …, starts int32 (k + 1)
+    /// with starts[0] = 0 and starts[k] ≤ n, out (rows, k): a column-clustered layer's input,
+    /// the inputs of each cluster summed (x·A for the (n, k) one-hot assignment A), summed in
+    /// member order. Members and starts are checked like `gatherColumns`' labels.
+    func sumColumnGroups(_ src: MatrixView, members: DeviceBuffer, starts: DeviceBuffer, into out: MatrixView) throws(SheafError)
+
     // MARK: forward-pass element-wise ops (float32, rows are tokens)
 
     /// out[r] = x[r] / √(mean(x[r]²) + eps) · weight, for x and out (rows, d), weight (1, d).

@@ -213,4 +213,36 @@ extension CPUBackend {
             pn[r] = Float(Double(maxLogit) + log(total) - Double(row[Int(targetsPtr[r])]))
         }
     }
+
+    // MARK: clustered layers
+
+    public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [src, out], [labels], op: "gatherColumns")
+        try Check.gatherColumns(src, labels, out)
+        nonisolated(unsafe) let ps = floats(src), po = floats(out), pl = ints(labels)
+        for i in 0..<out.cols where pl[i] < 0 || Int(pl[i]) >= src.cols {
+            throw .invalidArgument(op: "gatherColumns", detail: "label \(pl[i]) of channel \(i) is outside 0..<\(src.cols)")
+        }
+        let (ss, os, n) = (src.rowStride, out.rowStride, out.cols)
+        forEachRow(src.rows) { r in
+            let from = ps + r * ss, to = po + r * os
+            for i in 0..<n { to[i] = from[Int(pl[i])] }
+        }
+    }
+
+    public func sumColumnGroups(_ src: MatrixView, members: DeviceBuffer, starts: DeviceBuffer, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [src, out], [members, starts], op: "sumColumnGroups")
+        try Check.sumColumnGroups(src, members, starts, out)
+        nonisolated(unsafe) let ps = floats(src), po = floats(out), pm = ints(members), pb = ints(starts)
+        try Check.columnGroups(members: pm, starts: pb, n: src.cols, k: out.cols)
+        let (ss, os, k) = (src.rowStride, out.rowStride, out.cols)
+        forEachRow(src.rows) { r in
+            let from = ps + r * ss, to = po + r * os
+            for c in 0..<k {
+                var sum: Float = 0
+                for t in Int(pb[c])..<Int(pb[c + 1]) { sum += from[Int(pm[t])] }
+                to[c] = sum
+            }
+        }
+    }
 }

@@ -90,4 +90,24 @@ extension OpenCLBackend {
             [.int(logits.cols), .buffer(logits.buffer), .int(logits.offset), .int(logits.rowStride),
              .buffer(targets), .buffer(nll)])
     }
+
+    // MARK: clustered layers
+
+    public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [src, out], [labels], op: "gatherColumns")
+        try Check.gatherColumns(src, labels, out)
+        try runtime.launch(
+            "gather_columns", in: "forward", tunables, global: [out.cols, out.rows], local: nil,
+            [.int(out.rows), .int(out.cols), .int(src.cols), .buffer(src.buffer), .int(src.offset), .int(src.rowStride),
+             .buffer(labels), .buffer(out.buffer), .int(out.offset), .int(out.rowStride)])
+    }
+
+    public func sumColumnGroups(_ src: MatrixView, members: DeviceBuffer, starts: DeviceBuffer, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [src, out], [members, starts], op: "sumColumnGroups")
+        try Check.sumColumnGroups(src, members, starts, out)
+        try runtime.launch(
+            "sum_column_groups", in: "forward", tunables, global: [out.cols, out.rows], local: nil,
+            [.int(out.rows), .int(out.cols), .int(src.cols), .buffer(src.buffer), .int(src.offset), .int(src.rowStride),
+             .buffer(members), .buffer(starts), .buffer(out.buffer), .int(out.offset), .int(out.rowStride)])
+    }
 }

@@ -440,6 +440,41 @@ public enum Parity {
         return result("add", backend, "(\(rows), \(cols))", error, elementwiseTolerance(ulps: 1), f)
     }
 
+    /// Random labels in 0..<k (some columns never used, some used many times), strided operands.
+    public static func gatherColumns(_ backend: any Backend, _ reference: any Backend, rows: Int, k: Int, n: Int, seed: UInt64 = 1)
+        throws(SheafError) -> ParityResult
+    {
+        let src = Matrix<Float>.random(rows: rows, cols: k, seed: seed)
+        var rng = SplitMix64(seed: seed &+ 1)
+        let labels = (0..<n).map { _ in Int32(rng.next() % UInt64(k)) }
+        let (error, f) = try compareOutputs(backend, reference, start: Matrix<Float>.zeros(rows: rows, cols: n), pad: 2, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
+            try be.gatherColumns(input(be, src, strided: true), labels: be.upload(labels), into: out)
+        }
+        // A copy: exact.
+        return result("gatherColumns", backend, "rows \(rows) k \(k) n \(n)", error, 0, f)
+    }
+
+    /// Random groups of the n columns (some empty), listed in shuffled order, strided operands.
+    public static func sumColumnGroups(_ backend: any Backend, _ reference: any Backend, rows: Int, n: Int, k: Int, seed: UInt64 = 1)
+        throws(SheafError) -> ParityResult
+    {
+        let src = Matrix<Float>.random(rows: rows, cols: n, seed: seed)
+        var rng = SplitMix64(seed: seed &+ 1)
+        let labels = (0..<n).map { _ in Int(rng.next() % UInt64(k)) }
+        let members = (0..<n).sorted { (labels[$0], $0 * 7919 % n) < (labels[$1], $1 * 7919 % n) }.map { Int32($0) }
+        var starts = [Int32](repeating: 0, count: k + 1)
+        for l in labels { starts[l + 1] += 1 }
+        for c in 0..<k { starts[c + 1] += starts[c] }
+        let largest = (0..<k).map { Int(starts[$0 + 1] - starts[$0]) }.max() ?? 0
+        let (error, f) = try compareOutputs(backend, reference, start: Matrix<Float>.zeros(rows: rows, cols: k), pad: 2, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
+            try be.sumColumnGroups(input(be, src, strided: true), members: be.upload(members), starts: be.upload(starts), into: out)
+        }
+        // A Float32 sum of at most `largest` terms against the reference's Float64 sum.
+        return result("sumColumnGroups", backend, "rows \(rows) n \(n) k \(k)", error, productTolerance(k: largest), f)
+    }
+
     /// Logits scaled to ±20 so the softmax is peaked, as a trained model's is.
     public static func crossEntropy(_ backend: any Backend, _ reference: any Backend, rows: Int, vocabulary: Int, seed: UInt64 = 1)
         throws(SheafError) -> ParityResult
@@ -483,6 +518,8 @@ public enum Parity {
                 try attention(backend, reference, queries: 37, keys: 45, heads: 6, kvHeads: 2, headDim: 16) }),
             ("siluMultiply", { () throws(SheafError) in try siluMultiply(backend, reference, rows: 17, cols: 100) }),
             ("add", { () throws(SheafError) in try add(backend, reference, rows: 17, cols: 100) }),
+            ("gatherColumns", { () throws(SheafError) in try gatherColumns(backend, reference, rows: 17, k: 19, n: 100) }),
+            ("sumColumnGroups", { () throws(SheafError) in try sumColumnGroups(backend, reference, rows: 17, n: 100, k: 19) }),
             ("crossEntropy", { () throws(SheafError) in try crossEntropy(backend, reference, rows: 9, vocabulary: 1000) }),
         ]
         return cases.map { (op, run) in

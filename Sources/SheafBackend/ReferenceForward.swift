@@ -103,4 +103,31 @@ extension ReferenceBackend {
             pn[r] = Float(maxLogit + log(total) - Double(row[Int(pt[r])]))
         }
     }
+
+    public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [src, out], [labels], op: "gatherColumns")
+        try Check.gatherColumns(src, labels, out)
+        let ps = floats(src), po = floats(out), pl = ints(labels)
+        for i in 0..<out.cols {
+            guard pl[i] >= 0, Int(pl[i]) < src.cols else {
+                throw .invalidArgument(op: "gatherColumns", detail: "label \(pl[i]) of channel \(i) is outside 0..<\(src.cols)")
+            }
+            for r in 0..<src.rows { po[r * out.rowStride + i] = ps[r * src.rowStride + Int(pl[i])] }
+        }
+    }
+
+    /// Summed in Float64, rounded once.
+    public func sumColumnGroups(_ src: MatrixView, members: DeviceBuffer, starts: DeviceBuffer, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [src, out], [members, starts], op: "sumColumnGroups")
+        try Check.sumColumnGroups(src, members, starts, out)
+        let ps = floats(src), po = floats(out), pm = ints(members), pb = ints(starts)
+        try Check.columnGroups(members: pm, starts: pb, n: src.cols, k: out.cols)
+        for r in 0..<src.rows {
+            for c in 0..<out.cols {
+                var sum = 0.0
+                for t in Int(pb[c])..<Int(pb[c + 1]) { sum += Double(ps[r * src.rowStride + Int(pm[t])]) }
+                po[r * out.rowStride + c] = Float(sum)
+            }
+        }
+    }
 }

@@ -135,6 +135,47 @@ enum Check {
         }
     }
 
+    static func gatherColumns(_ src: MatrixView, _ labels: DeviceBuffer, _ out: MatrixView) throws(SheafError) {
+        let op = "gatherColumns"
+        try scalar(src, .float32, "src", op: op)
+        try scalar(out, .float32, "out", op: op)
+        try nonEmpty(src, "src", op: op)
+        try nonEmpty(out, "out", op: op)
+        try fitsInt32(src, op: op)
+        try fitsInt32(out, op: op)
+        guard labels.scalar == .int32, labels.count >= out.cols, src.rows == out.rows else {
+            throw .shapeMismatch(op: op, detail: "src \(src.shape), labels \(labels.scalar) (\(labels.count)), out \(out.shape)")
+        }
+    }
+
+    static func sumColumnGroups(_ src: MatrixView, _ members: DeviceBuffer, _ starts: DeviceBuffer, _ out: MatrixView) throws(SheafError) {
+        let op = "sumColumnGroups"
+        try scalar(src, .float32, "src", op: op)
+        try scalar(out, .float32, "out", op: op)
+        try nonEmpty(src, "src", op: op)
+        try nonEmpty(out, "out", op: op)
+        try fitsInt32(src, op: op)
+        try fitsInt32(out, op: op)
+        guard members.scalar == .int32, starts.scalar == .int32, members.count >= src.cols, starts.count >= out.cols + 1, src.rows == out.rows
+        else {
+            throw .shapeMismatch(
+                op: op, detail: "src \(src.shape), members \(members.scalar) (\(members.count)), starts \(starts.scalar) (\(starts.count)), out \(out.shape)")
+        }
+    }
+
+    /// Group boundaries of `sumColumnGroups`: non-decreasing from 0, at most `n`, and members in 0..<n.
+    static func columnGroups(members: UnsafePointer<Int32>, starts: UnsafePointer<Int32>, n: Int, k: Int) throws(SheafError) {
+        guard starts[0] == 0, Int(starts[k]) <= n else {
+            throw .invalidArgument(op: "sumColumnGroups", detail: "starts run from \(starts[0]) to \(starts[k]), expected 0 to at most \(n)")
+        }
+        for c in 0..<k where starts[c + 1] < starts[c] {
+            throw .invalidArgument(op: "sumColumnGroups", detail: "starts[\(c + 1)] = \(starts[c + 1]) < starts[\(c)] = \(starts[c])")
+        }
+        for t in 0..<Int(starts[k]) where members[t] < 0 || Int(members[t]) >= n {
+            throw .invalidArgument(op: "sumColumnGroups", detail: "member \(members[t]) at \(t) is outside 0..<\(n)")
+        }
+    }
+
     static func label(_ l: Int32, at i: Int, k: Int) throws(SheafError) {
         guard l >= 0, Int(l) < k else {
             throw .invalidArgument(op: "kmeansAccumulate", detail: "label \(l) of point \(i) is outside 0..<\(k)")

@@ -73,7 +73,7 @@ public enum CompressedCheckpoint {
             }
             for t in r.output.tensors {
                 let m = t.value
-                tensors.append(try TensorToWrite(name: t.name, shape: [m.rows, m.cols]) { m.values })
+                tensors.append(try TensorToWrite(name: t.name, shape: [m.rows, m.cols], as: r.output.storedTypes[t.name] ?? .F32) { m.values })
             }
             progress("writing \(tensors.count) tensors (\(fixed(Double(tensors.reduce(0) { $0 + $1.byteCount }) / 1e6)) MB)")
             return tensors

@@ -40,10 +40,16 @@ public struct MethodOutput: Sendable {
     public var modules: [String: CompressedManifest.Module]
     /// The tensors the modules name, by name, each once (Float32, row-major, PyTorch orientation).
     public var tensors: [(name: String, value: Matrix<Float>)]
+    /// How a tensor is stored when not as F32: F16 factors and centroids, U8/U16 labels and codes
+    /// (whose values must then be integers in range).
+    public var storedTypes: [String: SafetensorsDType]
     public var report: MethodReport
 
-    public init(modules: [String: CompressedManifest.Module], tensors: [(name: String, value: Matrix<Float>)], report: MethodReport) {
-        (self.modules, self.tensors, self.report) = (modules, tensors, report)
+    public init(
+        modules: [String: CompressedManifest.Module], tensors: [(name: String, value: Matrix<Float>)],
+        storedTypes: [String: SafetensorsDType] = [:], report: MethodReport
+    ) {
+        (self.modules, self.tensors, self.storedTypes, self.report) = (modules, tensors, storedTypes, report)
     }
 }
 
@@ -164,7 +170,7 @@ public struct MethodRegistry: Sendable {
     public init(entries: [MethodEntry]) { self.entries = entries }
 
     /// Every method Sheaf ships.
-    public static let standard = MethodRegistry(entries: WhitenedSVDMethod.entries)
+    public static let standard = MethodRegistry(entries: WhitenedSVDMethod.entries + SWSCMethod.entries + RTNMethod.entries)
 
     public var names: [String] { entries.map(\.name) }
 

@@ -19,7 +19,12 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
     public struct Module: Codable, Sendable, Equatable {
         public var kind: String
         public var tensors: [String: String]
-        public init(kind: String, tensors: [String: String]) { (self.kind, self.tensors) = (kind, tensors) }
+        /// Integers a kind needs besides its tensors' shapes (a quantised module's "bits" and
+        /// "group"); nil when none. Keys are lower-case words: the coders convert snake_case.
+        public var attributes: [String: Int]?
+        public init(kind: String, tensors: [String: String], attributes: [String: Int]? = nil) {
+            (self.kind, self.tensors, self.attributes) = (kind, tensors, attributes)
+        }
     }
 
     /// The method that wrote the checkpoint: its registry name, its options and its report, each

@@ -3,13 +3,13 @@ import SheafCore
 
 /// Element types of the safetensors format that Sheaf reads.
 public enum SafetensorsDType: String, Sendable, CaseIterable {
-    case F64, F32, F16, BF16, I64, I32, I8, U8, BOOL
+    case F64, F32, F16, BF16, I64, I32, U16, I8, U8, BOOL
 
     public var byteSize: Int {
         switch self {
         case .F64, .I64: 8
         case .F32, .I32: 4
-        case .F16, .BF16: 2
+        case .F16, .BF16, .U16: 2
         case .I8, .U8, .BOOL: 1
         }
     }
@@ -168,12 +168,17 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
                     for i in 0..<count { dst[i] = HalfFloat.bf16ToFloat(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
                 case .F64:
                     for i in 0..<count { dst[i] = Float(Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self)))) }
+                // Small unsigned integers (cluster labels, quantisation codes) are exact in Float32.
+                case .U8:
+                    for i in 0..<count { dst[i] = Float(src[i]) }
+                case .U16:
+                    for i in 0..<count { dst[i] = Float(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
                 default: break
                 }
             }
         }
-        guard [.F32, .F16, .BF16, .F64].contains(dtype) else {
-            throw .io(path: path, detail: "tensor '\(name)' is \(dtype.rawValue), not a floating-point type")
+        guard [.F32, .F16, .BF16, .F64, .U8, .U16].contains(dtype) else {
+            throw .io(path: path, detail: "tensor '\(name)' is \(dtype.rawValue), which Sheaf does not read as numbers")
         }
         return out
     }

@@ -23,11 +23,11 @@ public struct TensorToWrite: Sendable {
     }
 
     /// Float32 values from `values()`, called once when the writer reaches this tensor, stored as
-    /// `dtype` (F32, F16 or BF16).
+    /// `dtype` (F32, F16, BF16, or U8/U16 for integer values).
     public init(
         name: String, shape: [Int], as dtype: SafetensorsDType = .F32, values: @escaping @Sendable () throws(SheafError) -> [Float]
     ) throws(SheafError) {
-        guard [.F32, .F16, .BF16].contains(dtype) else {
+        guard [.F32, .F16, .BF16, .U8, .U16].contains(dtype) else {
             throw .invalidArgument(op: "safetensors write", detail: "tensor '\(name)': float values cannot be stored as \(dtype.rawValue)")
         }
         self.name = name
@@ -70,6 +70,12 @@ public struct TensorToWrite: Sendable {
         case .F32: return values.withUnsafeBytes { [UInt8]($0) }
         case .F16: return pack16(values.map { HalfFloat.floatToF16($0) })
         case .BF16: return pack16(values.map { HalfFloat.floatToBF16($0) })
+        case .U8, .U16:
+            let limit: Float = dtype == .U8 ? 255 : 65535
+            if let bad = values.firstIndex(where: { !($0 >= 0 && $0 <= limit && $0.rounded() == $0) }) {
+                throw .invalidArgument(op: "safetensors write", detail: "tensor '\(name)': value \(values[bad]) at \(bad) is not a \(dtype.rawValue)")
+            }
+            return dtype == .U8 ? values.map { UInt8($0) } : pack16(values.map { UInt16($0) })
         default:
             throw .invalidArgument(op: "safetensors write", detail: "tensor '\(name)': float values cannot be stored as \(dtype.rawValue)")
         }

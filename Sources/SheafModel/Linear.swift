@@ -99,9 +99,99 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
     }
 
     public func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
+        try forward(x, into: y, accumulate: false)
+    }
+
+    /// y = (x·B)·C (+ b), or y += that when `accumulate` (a clustered layer's residual term).
+    func forward(_ x: MatrixView, into y: MatrixView, accumulate: Bool) throws(SheafError) {
         let t = try scratch.view(rows: x.rows, cols: rank)
         try backend.gemm(x, transposeA: false, basis, transposeB: false, into: t, alpha: 1, beta: 0)
-        try backend.gemm(t, transposeA: false, coefficients, transposeB: false, into: y, alpha: 1, beta: 0)
+        try backend.gemm(t, transposeA: false, coefficients, transposeB: false, into: y, alpha: 1, beta: accumulate ? 1 : 0)
+        if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
+    }
+}
+
+/// SWSC's clustered weight W ≈ W' + U·V with W' made of k shared channels, computed without
+/// forming W' (Zeng et al., 2025):
+/// - rows (output channels clustered): W'[o] = centroids[labels[o]], so x·W'ᵀ is the gather of
+///   t = x·centroidsᵀ (tokens, k) by label: 2·k·dIn flops per row instead of 2·dOut·dIn.
+/// - cols (input channels clustered): W'[:, i] = centroids[labels[i]] (a column of length dOut),
+///   so x·W'ᵀ = s·centroids with s (tokens, k) the sums of x's columns per cluster.
+/// plus an optional low-rank residual (x·B)·C and the bias.
+public final class ClusteredLinear: LinearLayer, @unchecked Sendable {
+    public enum Channels: String, Sendable, CaseIterable { case rows, cols }
+
+    public let inputSize: Int
+    public let outputSize: Int
+    public let channels: Channels
+    public let clusters: Int
+    let backend: any Backend
+    /// rows: centroidsᵀ (dIn, k); cols: centroids (k, dOut).
+    let centroids: MatrixView
+    /// rows: labels (dOut); cols: the input columns grouped by cluster (dIn) and the groups'
+    /// starts (k + 1).
+    let labels: DeviceBuffer
+    let starts: DeviceBuffer?
+    let residual: LowRankLinear?
+    let bias: MatrixView?
+    public let storedTensors: [String: Int]
+    let scratch: Scratch
+
+    /// `centroids`: (k, dIn) for rows, (k, dOut) for cols, row-major as stored. `labels`: one
+    /// per channel (dOut for rows, dIn for cols), each in 0..<k (checked). `residual`: the
+    /// low-rank term without bias.
+    public init(
+        channels: Channels, centroids: Matrix<Float>, labels: [Int32], residual: LowRankLinear?, inputSize: Int, outputSize: Int,
+        bias: [Float]?, storedTensors: [String: Int], scratch: Scratch, on backend: any Backend, name: String
+    ) throws(SheafError) {
+        let k = centroids.rows
+        let (channelCount, length) = channels == .rows ? (outputSize, inputSize) : (inputSize, outputSize)
+        guard k >= 1, centroids.cols == length, labels.count == channelCount, bias == nil || bias!.count == outputSize else {
+            throw .shapeMismatch(
+                op: "ClusteredLinear", detail: "\(name): centroids \(centroids.shape) and \(labels.count) labels for (\(outputSize), \(inputSize)) \(channels.rawValue)")
+        }
+        if let bad = labels.firstIndex(where: { $0 < 0 || Int($0) >= k }) {
+            throw .invalidArgument(op: "load \(name)", detail: "label \(labels[bad]) of channel \(bad) is outside 0..<\(k)")
+        }
+        if let r = residual, r.inputSize != inputSize || r.outputSize != outputSize {
+            throw .shapeMismatch(op: "ClusteredLinear", detail: "\(name): residual (\(r.outputSize), \(r.inputSize))")
+        }
+        (self.inputSize, self.outputSize, self.channels, clusters, self.backend) = (inputSize, outputSize, channels, k, backend)
+        (self.residual, self.storedTensors, self.scratch) = (residual, storedTensors, scratch)
+        switch channels {
+        case .rows:
+            self.centroids = try backend.upload(centroids.transposed, label: name + " centroids")
+            self.labels = try backend.upload(labels, label: name + " labels")
+            starts = nil
+        case .cols:
+            self.centroids = try backend.upload(centroids, label: name + " centroids")
+            // A counting sort of the input columns by cluster.
+            var first = [Int32](repeating: 0, count: k + 1)
+            for l in labels { first[Int(l) + 1] += 1 }
+            for c in 0..<k { first[c + 1] += first[c] }
+            var next = first, members = [Int32](repeating: 0, count: labels.count)
+            for (i, l) in labels.enumerated() {
+                members[Int(next[Int(l)])] = Int32(i)
+                next[Int(l)] += 1
+            }
+            self.labels = try backend.upload(members, label: name + " members")
+            starts = try backend.upload(first, label: name + " starts")
+        }
+        self.bias = try bias.map { (b) throws(SheafError) in try MatrixView(backend.upload(b, label: name + " bias"), rows: 1, cols: outputSize) }
+    }
+
+    public func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
+        let t = try scratch.view(rows: x.rows, cols: clusters)
+        switch channels {
+        case .rows:
+            try backend.gemm(x, transposeA: false, centroids, transposeB: false, into: t, alpha: 1, beta: 0)
+            try backend.gatherColumns(t, labels: labels, into: y)
+        case .cols:
+            try backend.sumColumnGroups(x, members: labels, starts: starts!, into: t)
+            try backend.gemm(t, transposeA: false, centroids, transposeB: false, into: y, alpha: 1, beta: 0)
+        }
+        // The residual reuses the scratch: t is consumed (the backend's queue runs in order).
+        try residual?.forward(x, into: y, accumulate: true)
         if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
     }
 }

@@ -23,7 +23,9 @@ public protocol StoredLayerKind: Sendable {
 
 /// The stored-layer kinds a checkpoint may use, by name.
 public enum StoredLayerKinds {
-    public static let all: [any StoredLayerKind] = [DenseKind(), LowRankKind()]
+    public static let all: [any StoredLayerKind] = [
+        DenseKind(), LowRankKind(), ClusteredKind(channels: .rows), ClusteredKind(channels: .cols), QuantizedKind(),
+    ]
 
     /// The kind of `entry`, after checking that it names every tensor its kind needs.
     public static func kind(of entry: CompressedManifest.Module, module: String, in path: String) throws(SheafError) -> any StoredLayerKind {
@@ -162,4 +164,137 @@ public struct LowRankKind: StoredLayerKind {
         let c = try Matrix(rows: shape.dOut, cols: k, values: try context.values(coefficientsName, [shape.dOut, k])).asDouble
         return try LAPACK.multiply(c, basis).asFloat.values
     }
+}
+
+/// SWSC's clustered module: {"centroids": (k, dIn) for rows or (k, dOut) for cols, "labels":
+/// (1, channels), one per channel (U8 or U16), and optionally the residual "basis" (rank, dIn) and "coefficients"
+/// (dOut, rank) as in "low-rank"}. Kind "clustered-rows" or "clustered-cols".
+public struct ClusteredKind: StoredLayerKind {
+    public let channels: ClusteredLinear.Channels
+    public var name: String { Self.name(channels) }
+    public let roles = ["centroids", "labels"]
+    public init(channels: ClusteredLinear.Channels) { self.channels = channels }
+
+    public static func name(_ channels: ClusteredLinear.Channels) -> String { "clustered-" + channels.rawValue }
+
+    struct Parts {
+        var centroids: Matrix<Float>
+        var labels: [Int32]
+        var residual: (basisName: String, coefficientsName: String, rank: Int)?
+    }
+
+    func parts(_ entry: CompressedManifest.Module, module: String, shape: (dOut: Int, dIn: Int), context: StoredLayerContext) throws(SheafError) -> Parts {
+        let (channelCount, length) = channels == .rows ? (shape.dOut, shape.dIn) : (shape.dIn, shape.dOut)
+        let (centroidsName, labelsName) = (entry.tensors["centroids"]!, entry.tensors["labels"]!)
+        let cShape = try context.shape(centroidsName)
+        guard cShape.count == 2, cShape[1] == length, (1...channelCount).contains(cShape[0]) else {
+            throw .shapeMismatch(op: "load \(context.files.path)", detail: "centroids '\(centroidsName)' of \(module) have shape \(cShape), expected (k ≤ \(channelCount), \(length))")
+        }
+        let k = cShape[0]
+        let centroids = try Matrix(rows: k, cols: length, values: try context.values(centroidsName, cShape))
+        let labelValues = try context.values(labelsName, [1, channelCount])
+        var labels = [Int32](repeating: 0, count: channelCount)
+        for (i, v) in labelValues.enumerated() {
+            guard v >= 0, v < Float(k), v.rounded() == v else {
+                throw .io(path: context.files.path, detail: "label \(v) of channel \(i) in '\(labelsName)' is not a cluster of 0..<\(k)")
+            }
+            labels[i] = Int32(v)
+        }
+        var residual: (String, String, Int)?
+        switch (entry.tensors["basis"], entry.tensors["coefficients"]) {
+        case (nil, nil): break
+        case (let b?, let c?): residual = (b, c, try LowRankKind().rank(entry, module: module, dIn: shape.dIn, context: context))
+        default: throw .io(path: context.files.path, detail: "module '\(module)' names only one of 'basis' and 'coefficients'")
+        }
+        return Parts(centroids: centroids, labels: labels, residual: residual)
+    }
+
+    public func layer(
+        _ entry: CompressedManifest.Module, module: String, shape: (dOut: Int, dIn: Int), bias: [Float]?, context: StoredLayerContext
+    ) throws(SheafError) -> any LinearLayer {
+        let backend = try context.requireBackend(module)
+        let p = try parts(entry, module: module, shape: shape, context: context)
+        var stored = [entry.tensors["centroids"]!: p.centroids.count, entry.tensors["labels"]!: p.labels.count]
+        var residual: LowRankLinear?
+        if let r = p.residual {
+            let low = try LowRankKind().layer(
+                .init(kind: LowRankKind.kindName, tensors: ["basis": r.basisName, "coefficients": r.coefficientsName]), module: module,
+                shape: shape, bias: nil, context: context)
+            residual = low as? LowRankLinear
+            stored.merge(low.storedTensors) { a, _ in a }
+        }
+        return try ClusteredLinear(
+            channels: channels, centroids: p.centroids, labels: p.labels, residual: residual, inputSize: shape.dIn, outputSize: shape.dOut,
+            bias: bias, storedTensors: stored, scratch: try context.scratch(), on: backend, name: module)
+    }
+
+    /// W' + coefficients·basis, the residual in Float64, rounded once.
+    public func denseWeight(
+        _ entry: CompressedManifest.Module, module: String, shape: (dOut: Int, dIn: Int), context: StoredLayerContext
+    ) throws(SheafError) -> [Float] {
+        let p = try parts(entry, module: module, shape: shape, context: context)
+        var w = [Double](repeating: 0, count: shape.dOut * shape.dIn)
+        if let r = p.residual {
+            let low = try LowRankKind().denseWeight(
+                .init(kind: LowRankKind.kindName, tensors: ["basis": r.basisName, "coefficients": r.coefficientsName]), module: module,
+                shape: shape, context: context)
+            for i in 0..<w.count { w[i] = Double(low[i]) }
+        }
+        for o in 0..<shape.dOut {
+            for i in 0..<shape.dIn {
+                let shared = channels == .rows ? p.centroids[Int(p.labels[o]), i] : p.centroids[Int(p.labels[i]), o]
+                w[o * shape.dIn + i] += Double(shared)
+            }
+        }
+        return w.map { Float($0) }
+    }
+}
+
+/// A round-to-nearest quantised module (`RoundToNearest`): {"codes": (dOut, bytes per row) U8,
+/// "minima" and "steps": (dOut, groups) F16}, attributes {"bits", "group"}. Dequantised to a
+/// dense layer when it loads (the codes save storage, not compute).
+public struct QuantizedKind: StoredLayerKind {
+    public static let kindName = "quantized"
+    public let name = QuantizedKind.kindName
+    public let roles = ["codes", "minima", "steps"]
+    public init() {}
+
+    public func layer(
+        _ entry: CompressedManifest.Module, module: String, shape: (dOut: Int, dIn: Int), bias: [Float]?, context: StoredLayerContext
+    ) throws(SheafError) -> any LinearLayer {
+        let w = try denseWeight(entry, module: module, shape: shape, context: context)
+        let dense = try DenseLinear(weight: w, outputSize: shape.dOut, inputSize: shape.dIn, bias: bias, on: try context.requireBackend(module), name: module)
+        return StoredAs(dense, storedTensors: Dictionary(uniqueKeysWithValues: try roles.map { (role) throws(SheafError) in
+            let name = entry.tensors[role]!
+            return (name, try context.shape(name).reduce(1, *))
+        }) .merging(bias == nil ? [:] : [module + ".bias": shape.dOut]) { a, _ in a })
+    }
+
+    public func denseWeight(
+        _ entry: CompressedManifest.Module, module: String, shape: (dOut: Int, dIn: Int), context: StoredLayerContext
+    ) throws(SheafError) -> [Float] {
+        let path = context.files.path
+        guard let bits = entry.attributes?["bits"], (1...8).contains(bits), let group = entry.attributes?["group"], group >= 1 else {
+            throw .io(path: path, detail: "module '\(module)' of kind 'quantized' needs attributes bits (1-8) and group (≥ 1), got \(entry.attributes ?? [:])")
+        }
+        let groups = RoundToNearest.groups(dIn: shape.dIn, group: group), rowBytes = RoundToNearest.bytesPerRow(dIn: shape.dIn, bits: bits)
+        let codes = try context.values(entry.tensors["codes"]!, [shape.dOut, rowBytes])
+        let minima = try context.values(entry.tensors["minima"]!, [shape.dOut, groups])
+        let steps = try context.values(entry.tensors["steps"]!, [shape.dOut, groups])
+        if let bad = codes.firstIndex(where: { !($0 >= 0 && $0 <= 255 && $0.rounded() == $0) }) {
+            throw .io(path: path, detail: "code byte \(codes[bad]) at \(bad) of '\(entry.tensors["codes"]!)' is not a byte")
+        }
+        return RoundToNearest.dequantize(codes: codes, minima: minima, steps: steps, dOut: shape.dOut, dIn: shape.dIn, bits: bits, group: group)
+    }
+}
+
+/// A runtime layer that counts the tensors it was stored as, not the ones it computes with
+/// (a quantised module runs dense).
+final class StoredAs: LinearLayer, @unchecked Sendable {
+    let inner: any LinearLayer
+    let storedTensors: [String: Int]
+    init(_ inner: any LinearLayer, storedTensors: [String: Int]) { (self.inner, self.storedTensors) = (inner, storedTensors) }
+    var inputSize: Int { inner.inputSize }
+    var outputSize: Int { inner.outputSize }
+    func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) { try inner.forward(x, into: y) }
 }

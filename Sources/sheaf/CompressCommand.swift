@@ -31,7 +31,7 @@ let methodOptionsHelp: String = {
 
 let compressHelp = """
     USAGE: sheaf compress MODEL --out DIR [--method NAME] [METHOD OPTIONS]
-                          [--calib FILE]... [--protocol S|P] [--calib-windows N --calib-len L]
+                          [--calib FILE]... [--protocol S|W|P] [--calib-windows N --calib-len L]
                           [--backend auto|cpu|opencl] [--no-cache] [--eval] [--json] [--force]
 
     Compresses the decoder's linear layers (q, k, v, o, gate, up, down) of MODEL (a HuggingFace
@@ -44,8 +44,10 @@ let compressHelp = """
     COMMON OPTIONS:
       --calib FILE     calibration text (repeatable); default: the Austen novels of
                        $SHEAF_DATA/austen, else ../shared/data/austen, joined with blank lines.
-      --protocol S|P   calibration size of BENCHMARK.md (S: 128 windows of 512 tokens, P: 256 of
-                       2048); --calib-windows and --calib-len override it.
+      --protocol S|W|P calibration of BENCHMARK.md (S: 128 windows of 512 tokens of the default
+                       text; W: the same on wikitext-2-raw/wiki.test.tail.raw, in-domain text the
+                       evaluation never reads; P: 256 of 2048); --calib-windows, --calib-len and
+                       --calib override it.
       --no-cache       do not read or write the calibration Gram cache ($SHEAF_CACHE/grams, else
                        ~/.cache/sheaf/grams), keyed by the model's checksum and the calibration windows.
       --eval           evaluate the result under Protocol S (WikiText-2 test, 32 × 2048 tokens).
@@ -149,7 +151,11 @@ enum CompressCommand {
         let a = try Arguments(rest, options: commonOptions, flags: commonFlags)
         guard a.positionals.count == 1 else { throw UsageError(description: "compress takes one MODEL (a folder or a .gguf file)") }
         guard let out = a.value("out") else { throw UsageError(description: "compress needs --out DIR") }
-        guard let proto = EvalProtocol(rawValue: a.value("protocol") ?? "S") else { throw UsageError(description: "--protocol must be S or P") }
+        let protocolName = a.value("protocol") ?? "S"
+        // W calibrates as S does (128 × 512) on in-domain text (BENCHMARK.md).
+        guard let proto = EvalProtocol(rawValue: protocolName == "W" ? "S" : protocolName) else {
+            throw UsageError(description: "--protocol must be S, W or P")
+        }
         let (defaultCount, defaultLength) = CalibrationWindows.size(for: proto)
         let count = try a.int("calib-windows") ?? defaultCount, length = try a.int("calib-len") ?? defaultLength
         let t0 = monotonicSeconds()
@@ -161,7 +167,7 @@ enum CompressCommand {
         guard length <= files.config.maxPositions else {
             throw UsageError(description: "--calib-len \(length) exceeds the model's context of \(files.config.maxPositions)")
         }
-        let calibFiles = calib.isEmpty ? try CalibrateCommand.defaultCalibrationFiles() : calib
+        let calibFiles = !calib.isEmpty ? calib : protocolName == "W" ? [try CalibrateCommand.protocolWText()] : try CalibrateCommand.defaultCalibrationFiles()
         let text = try CalibrationWindows.joinedText(files: calibFiles)
         let tokenizer = try files.tokenizer()
         let windows = try CalibrationWindows.windows(tokenizer.encode(text), count: count, length: length)
@@ -186,7 +192,8 @@ enum CompressCommand {
         let provenance = CompressedCheckpoint.Provenance(
             sheafVersion: version,
             calibration: .init(
-                protocolName: a.value("calib-windows") == nil && a.value("calib-len") == nil ? proto.rawValue : nil, windows: count,
+                protocolName: a.value("calib-windows") == nil && a.value("calib-len") == nil && calib.isEmpty ? protocolName : nil,
+                windows: count,
                 length: length, files: calibFiles.sorted().map { ($0 as NSString).lastPathComponent },
                 textChecksum: SHA256.hex(textHash.finalize())),
             sourceChecksum: try result.sourceChecksum ?? files.checksum())

@@ -150,6 +150,15 @@ let calibrateHelp = """
     """
 
 enum CalibrateCommand {
+    /// Protocol W's calibration text: the part of WikiText-2 test after what the evaluation reads.
+    static func protocolWText() throws -> String {
+        let candidates = [Env.get("SHEAF_DATA"), "../shared/data"].compactMap { $0 }.map { $0 + "/wikitext-2-raw/wiki.test.tail.raw" }
+        guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+            throw UsageError(description: "no Protocol W text: set SHEAF_DATA to the folder holding wikitext-2-raw/wiki.test.tail.raw")
+        }
+        return found
+    }
+
     static func defaultCalibrationFiles() throws -> [String] {
         for base in [Env.get("SHEAF_DATA"), "../shared/data"].compactMap({ $0 }) {
             let dir = base + "/austen"

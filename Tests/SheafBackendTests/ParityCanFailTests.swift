@@ -61,6 +61,13 @@ final class WrongBackend: Backend, @unchecked Sendable {
         try inner.kmeansAccumulate(points: points, labels: labels, sums: sums, counts: counts)
     }
 
+    func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {
+        try inner.gatherColumns(src, labels: labels, into: out)
+    }
+    func sumColumnGroups(_ src: MatrixView, members: DeviceBuffer, starts: DeviceBuffer, into out: MatrixView) throws(SheafError) {
+        try inner.sumColumnGroups(src, members: members, starts: starts, into: out)
+    }
+
     func rmsNorm(_ x: MatrixView, weight: MatrixView, eps: Float, into out: MatrixView) throws(SheafError) {
         try inner.rmsNorm(x, weight: weight, eps: eps, into: out)
     }

@@ -70,6 +70,16 @@ extension BackendSuites {
             }
         }
 
+        /// The clustered layer's two ops, at shapes crossing every work-group edge.
+        @Test(arguments: Backends.Name.allCases)
+        func clusteredLayerOps(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for (rows, k, n) in [(1, 1, 1), (7, 1, 33), (33, 7, 1), (65, 33, 257), (3, 192, 576), (2, 257, 17)] {
+                expectPass(try Parity.gatherColumns(be, Backends.reference, rows: rows, k: k, n: n, seed: UInt64(n)))
+                expectPass(try Parity.sumColumnGroups(be, Backends.reference, rows: rows, n: n, k: k, seed: UInt64(k)))
+            }
+        }
+
         /// Lloyd's iterations from the same initial centroids reach the same objective.
         @Test(arguments: Backends.Name.allCases)
         func kmeansObjective(_ name: Backends.Name) throws {

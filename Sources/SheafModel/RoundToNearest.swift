@@ -1,0 +1,75 @@
+import SheafCore
+
+/// Round-to-nearest quantisation of a weight matrix W (dOut, dIn), asymmetric per group: each
+/// output row is cut into groups of `group` consecutive inputs (the last may be shorter), and
+/// each group stores a 16-bit minimum m and step s = (max − min)/(2^bits − 1) with codes
+/// q = round((w − m)/s) ∈ [0, 2^bits − 1], so ŵ = m + q·s. The method (rtn) and the stored
+/// kind ("quantized") share this file, so what is written is exactly what is read back.
+public enum RoundToNearest {
+    /// Codes packed little-endian per row: code i of a row occupies bits i·bits ..< (i+1)·bits of
+    /// the row's bytes (bit b of the stream is bit b % 8 of byte b / 8).
+    public static func bytesPerRow(dIn: Int, bits: Int) -> Int { (dIn * bits + 7) / 8 }
+    public static func groups(dIn: Int, group: Int) -> Int { (dIn + group - 1) / group }
+
+    /// Average stored bits per weight: the codes plus a 16-bit minimum and step per group.
+    public static func averageBits(dOut: Int, dIn: Int, bits: Int, group: Int) -> Double {
+        Double(dOut * (bytesPerRow(dIn: dIn, bits: bits) * 8 + groups(dIn: dIn, group: group) * 32)) / Double(dOut * dIn)
+    }
+
+    public struct Quantized: Sendable {
+        /// (dOut, bytesPerRow), values 0...255.
+        public var codes: Matrix<Float>
+        /// (dOut, groups) each, already rounded to Float16.
+        public var minima: Matrix<Float>
+        public var steps: Matrix<Float>
+    }
+
+    public static func quantize(_ w: Matrix<Float>, bits: Int, group: Int) -> Quantized {
+        let (dOut, dIn) = (w.rows, w.cols), g = groups(dIn: dIn, group: group), rowBytes = bytesPerRow(dIn: dIn, bits: bits)
+        let top = Float((1 << bits) - 1)
+        var codes = Matrix<Float>.zeros(rows: dOut, cols: rowBytes)
+        var minima = Matrix<Float>.zeros(rows: dOut, cols: g), steps = Matrix<Float>.zeros(rows: dOut, cols: g)
+        var packed = [UInt8](repeating: 0, count: rowBytes)
+        for o in 0..<dOut {
+            for b in 0..<rowBytes { packed[b] = 0 }
+            for j in 0..<g {
+                let range = (j * group)..<min(dIn, (j + 1) * group)
+                var lo = Float.infinity, hi = -Float.infinity
+                for i in range { lo = min(lo, w[o, i]); hi = max(hi, w[o, i]) }
+                // The stored (Float16) minimum and step are the ones the codes are rounded against.
+                let m = HalfFloat.f16ToFloat(HalfFloat.floatToF16(lo))
+                var s = HalfFloat.f16ToFloat(HalfFloat.floatToF16((hi - lo) / top))
+                if s > 0, m + top * s < hi { s = HalfFloat.f16ToFloat(HalfFloat.floatToF16((hi - m) / top)) }
+                minima[o, j] = m
+                steps[o, j] = s
+                for i in range {
+                    let q = s > 0 ? min(top, max(0, ((w[o, i] - m) / s).rounded())) : 0
+                    let bit = i * bits
+                    let code = UInt32(q) << UInt32(bit % 8)
+                    packed[bit / 8] |= UInt8(truncatingIfNeeded: code)
+                    if (bit % 8) + bits > 8 { packed[bit / 8 + 1] |= UInt8(truncatingIfNeeded: code >> 8) }
+                }
+            }
+            for b in 0..<rowBytes { codes[o, b] = Float(packed[b]) }
+        }
+        return Quantized(codes: codes, minima: minima, steps: steps)
+    }
+
+    /// ŵ = m + q·s, (dOut, dIn) row-major.
+    public static func dequantize(codes: [Float], minima: [Float], steps: [Float], dOut: Int, dIn: Int, bits: Int, group: Int) -> [Float] {
+        let g = groups(dIn: dIn, group: group), rowBytes = bytesPerRow(dIn: dIn, bits: bits)
+        let mask = UInt32((1 << bits) - 1)
+        var out = [Float](repeating: 0, count: dOut * dIn)
+        for o in 0..<dOut {
+            for i in 0..<dIn {
+                let bit = i * bits, byte = o * rowBytes + bit / 8
+                var word = UInt32(codes[byte])
+                if (bit % 8) + bits > 8 { word |= UInt32(codes[byte + 1]) << 8 }
+                let q = (word >> UInt32(bit % 8)) & mask
+                let j = o * g + i / group
+                out[o * dIn + i] = minima[j] + Float(q) * steps[j]
+            }
+        }
+        return out
+    }
+}
