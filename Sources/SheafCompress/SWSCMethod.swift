@@ -110,6 +110,7 @@ public final class SWSCMethod: CompressionMethod {
         var weightedError: Double
         var bits: Double
         var seconds: Double
+        var kmeansSeconds: Double
     }
     private var done: [Done] = []
     private var modules: [String: CompressedManifest.Module] = [:]
@@ -219,9 +220,11 @@ public final class SWSCMethod: CompressionMethod {
             scale = s
         }
         let seed = Self.seed(options.seed, layer: layer, type: t)
+        let k0 = monotonicSeconds()
         let km = try KMeans.cluster(
             clustered, options: .init(clusters: choice.clusters, maxIterations: options.maxIterations, tolerance: options.tolerance, seed: seed),
             backend: backend)
+        let kmeansSeconds = monotonicSeconds() - k0
         // Centroids are the means of the unscaled points (a per-dimension scale leaves means as they are).
         var fallback = km.centroids
         if let scale { for c in 0..<fallback.rows { for j in 0..<dIn { fallback[c, j] = scale[j] > 0 ? fallback[c, j] / scale[j] : 0 } } }
@@ -274,7 +277,7 @@ public final class SWSCMethod: CompressionMethod {
         done.append(Done(
             type: t, layer: layer, choice: choice, iterations: km.iterations, objective: km.objective, reseeded: km.reseeded,
             relativeError: relative, weightedError: weighted, bits: Self.averageBits(choice, dOut: dOut, dIn: dIn, channels: options.channels),
-            seconds: monotonicSeconds() - t0))
+            seconds: monotonicSeconds() - t0, kmeansSeconds: kmeansSeconds))
     }
 
     /// The k-means++ seed of one matrix: its own stream of the base seed.
@@ -326,19 +329,24 @@ public final class SWSCMethod: CompressionMethod {
                     .object([
                         "layer": .int(d.layer), "iterations": .int(d.iterations), "objective": .number(d.objective), "reseeded": .int(d.reseeded),
                         "relative_error": .number(d.relativeError), "weighted_error": .number(d.weightedError), "seconds": .number(d.seconds),
+                        "kmeans_seconds": .number(d.kmeansSeconds),
                     ])
                 }),
             ]))
         }
         let average = totalWeights > 0 ? totalBits / totalWeights : 0
         let reseeded = done.map(\.reseeded).reduce(0, +)
+        let kmeansSeconds = done.map(\.kmeansSeconds).reduce(0, +)
         return MethodReport(
             columns: ["type", "layers", "clusters", "rank", "bits", "iterations", "‖W−Ŵ‖/‖W‖", "weighted error", "seconds"], rows: rows,
             notes: [
                 "average bits per compressed weight \(String(format: "%.3f", average)) (16-bit centroids and factors, ⌈log₂ k⌉-bit labels)",
-                "channels \(options.channels.rawValue), data-aware \(options.dataAware.rawValue), empty clusters re-seeded \(reseeded)",
+                "channels \(options.channels.rawValue), data-aware \(options.dataAware.rawValue), empty clusters re-seeded \(reseeded), "
+                    + "k-means \(fixed(kmeansSeconds)) s of the method's time",
             ],
-            json: .object(["average_bits": .number(average), "reseeded": .int(reseeded), "types": .array(byType)]))
+            json: .object([
+                "average_bits": .number(average), "reseeded": .int(reseeded), "kmeans_seconds": .number(kmeansSeconds), "types": .array(byType),
+            ]))
     }
 }
 

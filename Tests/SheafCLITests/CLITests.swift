@@ -91,6 +91,30 @@ extension BackendSuites {
             #expect(compress.stderr.split(separator: "\n").count == 1)
         }
 
+        /// SWSC and RTN options the model cannot take: one line each, a non-zero exit, nothing
+        /// written, and before any calibration (each run is quick).
+        @Test func impossibleSWSCAndRTNOptionsAreOneLine() throws {
+            try RealFixtures.require(RealFixtures.modelPath)
+            let out = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-cli-swsc-\(getpid())").path
+            let cases: [([String], Int32, String)] = [
+                (["--method", "swsc", "--clusters", "0"], 1, "--clusters 0 is outside 1...576"),
+                (["--method", "swsc", "--clusters", "600", "--matrices", "k"], 1, "--clusters 600 is outside 1...192"),
+                (["--method", "swsc", "--clusters", "8", "--residual-rank", "-2"], 1, "--residual-rank -2"),
+                (["--method", "swsc", "--clusters", "8", "--residual-rank", "577"], 1, "--residual-rank 577 is outside 0...576"),
+                (["--method", "swsc", "--bits", "0.05"], 1, "--bits 0.05 cannot hold one"),
+                (["--method", "swsc", "--clusters", "8", "--matrices", "q,attn"], 2, "'attn' is not a linear layer"),
+                (["--method", "swsc", "--clusters", "x"], 2, "--clusters expects an integer"),
+                (["--method", "rtn", "--bits", "9"], 1, "--bits must be 2 to 8"),
+                (["--method", "rtn", "--clusters", "4"], 2, "--clusters is an option of swsc, not of rtn"),
+            ]
+            for (args, status, expected) in cases {
+                let r = try sheaf(["compress", RealFixtures.modelPath, "--out", out] + args)
+                #expect(r.status == status && r.stderr.contains(expected), "\(args): \(r.status) \(r.stderr)")
+                #expect(r.stderr.split(separator: "\n").count == 1, "\(args): \(r.stderr)")
+                #expect(!FileManager.default.fileExists(atPath: out))
+            }
+        }
+
         @Test func helpListsTheCommands() throws {
             let r = try sheaf(["--help"])
             #expect(r.status == 0)

@@ -2,6 +2,7 @@ import Foundation
 import SheafBackend
 import SheafCompress
 import SheafCore
+import SheafEval
 import SheafIO
 import SheafModel
 import SheafTestSupport
@@ -259,6 +260,27 @@ extension BackendSuites {
             let a = try LlamaModel(files: compressed, backend: Backends.cpu).logits(F.evalTokens).values
             let b = try LlamaModel(files: hf, backend: Backends.cpu).logits(F.evalTokens).values
             #expect(a == b, "the quantised model runs its dequantised weights densely, as the export stores them")
+        }
+    }
+}
+
+extension BackendSuites {
+    /// RTN at 8 bits on SmolLM2-135M barely moves perplexity: under 0.5% on a reduced Protocol S
+    /// (the first window of 1024 tokens; BENCHMARKS.md has the full protocol's figure). The
+    /// Grams RTN collects only weigh its report, so one short calibration window is enough.
+    @Suite struct RTNRealModel {
+        @Test func eightBitsKeepsPerplexity() throws {
+            try RealFixtures.require(RealFixtures.modelPath)
+            try RealFixtures.require(RealFixtures.wikiPath)
+            let source = try ModelFiles.open(RealFixtures.modelPath)
+            let method = try RTNMethod(options: { var o = RTNMethod.Options(); o.bits = 8; return o }(), config: source.config)
+            let r = try Compressor.compress(files: source, backend: Backends.cpu, windows: [Array(1...32).map { Int32($0) }], method: method)
+            let compressed = try CompressFixture.write(r, source: source, tag: "rtn8-real")
+            let text = try String(contentsOfFile: RealFixtures.wikiPath, encoding: .utf8)
+            let windows = try Perplexity.windows(source.tokenizer().encode(text), context: 1024, count: 1)
+            let dense = try Perplexity.evaluate(try LlamaModel(files: source, backend: Backends.cpu), windows: windows).perplexity
+            let quantised = try Perplexity.evaluate(try LlamaModel(files: compressed, backend: Backends.cpu), windows: windows).perplexity
+            #expect(abs(quantised / dense - 1) < 0.005, "8-bit RTN \(quantised) vs dense \(dense)")
         }
     }
 }
