@@ -10,6 +10,10 @@ public enum GGUFValue: Sendable, Equatable {
     case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
     case float32(Float), bool(Bool), string(String), array([GGUFValue])
     case uint64(UInt64), int64(Int64), float64(Double)
+    /// An array longer than `GGUFFile.maxLoadedArrayElements`, stepped over while parsing and not
+    /// kept (its element type name and count): no metadata Sheaf reads is that long, and holding
+    /// it would cost 24 bytes per element.
+    case skippedArray(elementType: String, count: Int)
 
     /// The GGUF type ids of the cases, in id order.
     static let typeNames = ["u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"]
@@ -148,6 +152,9 @@ public final class GGUFFile: TensorStore, @unchecked Sendable {
     /// Metadata arrays may nest (GGUF allows it; llama.cpp never writes it): a depth bound keeps
     /// a crafted file from recursing the stack away.
     public static let maxArrayDepth = 8
+    /// Metadata arrays longer than this (2²² elements: 16× the largest vocabulary in use) are
+    /// skipped, so parsing holds at most ~100 MB per array whatever the file claims.
+    public static let maxLoadedArrayElements = 1 << 22
     public static let maxDimensions = 4
 
     /// `general.architecture`, e.g. "llama".
@@ -401,6 +408,16 @@ struct GGUFReader {
             let minimum = Self.minimumSize(elementType)
             guard count <= UInt64(remaining / minimum) else {
                 throw fail("array of \(count) \(GGUFValue.typeNames[Int(elementType)]) cannot fit in the \(remaining) bytes left at offset \(offset) (truncated or corrupt file)")
+            }
+            if count > UInt64(GGUFFile.maxLoadedArrayElements) {
+                // Stepped over: fixed-size elements in one jump, others one at a time, none kept.
+                let fixed: [UInt32: Int] = [0: 1, 1: 1, 7: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 10: 8, 11: 8, 12: 8]
+                if let size = fixed[elementType] {
+                    _ = try bytes(Int(count) * size, "an array of \(count) \(GGUFValue.typeNames[Int(elementType)])")
+                } else {
+                    for _ in 0..<Int(count) { _ = try value(type: elementType, depth: depth + 1) }
+                }
+                return .skippedArray(elementType: GGUFValue.typeNames[Int(elementType)], count: Int(count))
             }
             var elements: [GGUFValue] = []
             elements.reserveCapacity(Int(count))

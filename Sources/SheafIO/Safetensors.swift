@@ -59,34 +59,35 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
         dataStart = 8 + Int(headerLength)
         let headerBytes = mapped.subdata(in: 8..<dataStart)
         guard String(data: headerBytes, encoding: .utf8) != nil else { throw fail("header is not valid UTF-8") }
-        try checkJSON([UInt8](headerBytes), path: path, what: "header")
-        let json: Any
-        do { json = try JSONSerialization.jsonObject(with: headerBytes) } catch {
-            throw fail("header is not valid JSON (\(error.localizedDescription))")
+        // One pass of Sheaf's own parser (duplicate keys refused, errors with a byte offset, a
+        // few hundred bytes per tensor entry; JSONSerialization's NSDictionary cost ≈ 40× the header).
+        let json: TokenizerJSONValue
+        do { json = try TokenizerJSONParser.parse([UInt8](headerBytes)) } catch {
+            throw fail(error.message.hasPrefix("duplicate key") ? "header: \(error.message)" : "header is not valid JSON (\(error.message))")
         }
-        guard let object = json as? [String: Any] else { throw fail("header JSON is not an object") }
+        guard case .object(let members) = json else { throw fail("header JSON is not an object") }
 
         var meta: [String: String] = [:]
         var entries: [String: Entry] = [:]
         let dataSize = mapped.count - dataStart
-        for (name, value) in object {
+        for (name, value) in members {
             if name == "__metadata__" {
-                guard let m = value as? [String: Any] else { throw fail("__metadata__ is not an object") }
+                guard case .object(let m) = value else { throw fail("__metadata__ is not an object") }
                 for (k, v) in m {
-                    guard let s = v as? String else { throw fail("__metadata__[\(k)] is not a string") }
+                    guard case .string(let s) = v else { throw fail("__metadata__[\(k)] is not a string") }
                     meta[k] = s
                 }
                 continue
             }
-            guard let t = value as? [String: Any] else { throw fail("tensor '\(name)': entry is not an object") }
-            guard let dtypeName = t["dtype"] as? String else { throw fail("tensor '\(name)': missing dtype") }
+            guard case .object = value else { throw fail("tensor '\(name)': entry is not an object") }
+            guard case .string(let dtypeName)? = value["dtype"] else { throw fail("tensor '\(name)': missing dtype") }
             guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
                 throw fail("tensor '\(name)': unknown dtype '\(dtypeName)' (supported: \(SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")))")
             }
-            guard let shapeValues = t["shape"] as? [Any], let shape = Self.integers(shapeValues), shape.allSatisfy({ $0 >= 0 }) else {
+            guard let shape = Self.integers(value["shape"]), shape.allSatisfy({ $0 >= 0 }) else {
                 throw fail("tensor '\(name)': shape is not a list of non-negative integers")
             }
-            guard let offsetValues = t["data_offsets"] as? [Any], let offsets = Self.integers(offsetValues), offsets.count == 2 else {
+            guard let offsets = Self.integers(value["data_offsets"]), offsets.count == 2 else {
                 throw fail("tensor '\(name)': data_offsets is not [begin, end]")
             }
             let (begin, end) = (offsets[0], offsets[1])
@@ -108,12 +109,13 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
         tensorNames = entries.keys.sorted()
     }
 
-    static func integers(_ values: [Any]) -> [Int]? {
+    /// A JSON array of integers (2.5 must not pass as a size; a number beyond Int is refused).
+    static func integers(_ value: TokenizerJSONValue?) -> [Int]? {
+        guard case .array(let values)? = value else { return nil }
         var out: [Int] = []
         for v in values {
-            // JSON integers arrive as integer-typed NSNumbers; 2.5 or 1e3 must not pass as sizes.
-            guard let n = v as? NSNumber, "qilsQILS".contains(String(cString: n.objCType)) else { return nil }
-            out.append(n.intValue)
+            guard case .number(let x) = v, let n = Int(exactly: x) else { return nil }
+            out.append(n)
         }
         return out
     }

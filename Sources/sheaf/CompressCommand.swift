@@ -205,7 +205,7 @@ enum CompressCommand {
         var evaluation: PerplexityResult?
         if let evalTextPath {
             let compressed = try ModelFiles.open(out)
-            let evalText = try String(contentsOfFile: evalTextPath, encoding: .utf8)
+            let evalText = try CalibrationWindows.joinedText(files: [evalTextPath])
             let evalWindows = try Perplexity.windows(tokenizer.encode(evalText), context: EvalProtocol.S.context, count: EvalProtocol.S.windows)
             let model = try LlamaModel(files: compressed, backend: backend)
             evaluation = try Perplexity.evaluate(model, windows: evalWindows) { done, total, seconds in

@@ -39,13 +39,13 @@ do {
         throw UsageError(description: "unknown command '\(other)'")
     }
 } catch let error as UsageError {
-    note("sheaf: error: \(error.description) (see 'sheaf --help')")
+    note("sheaf: error: \(oneLine(error.description)) (see 'sheaf --help')")
     status = 2
 } catch let error as SheafError {
-    note("sheaf: error: \(error.description)")
+    note("sheaf: error: \(oneLine(error.description))")
     status = 1
 } catch {
-    note("sheaf: error: \(error)")
+    note("sheaf: error: \(oneLine("\(error)"))")
     status = 1
 }
 exit(status)

@@ -53,6 +53,7 @@ struct SyntheticGGUF {
         case .uint64: 10
         case .int64: 11
         case .float64: 12
+        case .skippedArray: 9
         }
     }
 
@@ -70,6 +71,7 @@ struct SyntheticGGUF {
         case .uint64(let x): w.append(x)
         case .int64(let x): w.append(x)
         case .float64(let x): w.append(x.bitPattern)
+        case .skippedArray: break  // only ever read
         case .array(let a):
             w.append(a.first.map(typeID) ?? 0)  // an empty array is written as an array of u8
             w.append(UInt64(a.count))
@@ -896,5 +898,40 @@ struct GGUFGolden {
         let hf = try LlamaPermutation.unpermute(q, shape: [576, 576], heads: 9)
         #expect(Array(hf[32 * 576..<33 * 576]) == Array(q[576..<2 * 576]))
         #expect(try LlamaPermutation.permute(hf, shape: [576, 576], heads: 9) == q)
+    }
+}
+
+@Suite struct GGUFLargeMetadataTests {
+    /// An array longer than the documented limit is stepped over, not held (24 bytes per element
+    /// made a 96.6M-element array cost 2.3 GB); what follows it still parses.
+    @Test func largeArraysAreSkipped() throws {
+        let dir = try ggufTemporaryFolder()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let n = GGUFFile.maxLoadedArrayElements + 1
+        var w = LEBytes()
+        w.bytes = Array("GGUF".utf8)
+        w.append(UInt32(3))
+        w.append(UInt64(0))
+        w.append(UInt64(3))
+        w.string("big")
+        w.append(UInt32(9))
+        w.append(UInt32(0))
+        w.append(UInt64(n))
+        w.bytes += [UInt8](repeating: 7, count: n)
+        w.string("small")
+        w.append(UInt32(9))
+        w.append(UInt32(4))
+        w.append(UInt64(2))
+        w.append(UInt32(5))
+        w.append(UInt32(6))
+        w.string("general.architecture")
+        w.append(UInt32(8))
+        w.string("llama")
+        while w.bytes.count % 32 != 0 { w.bytes.append(0) }
+        try writeFile(w.bytes, dir + "/big.gguf")
+        let file = try GGUFFile(path: dir + "/big.gguf")
+        #expect(file.metadata["big"] == .skippedArray(elementType: "u8", count: n))
+        #expect(file.metadata["small"]?.array?.compactMap(\.int) == [5, 6])
+        #expect(file.architecture == "llama")
     }
 }
