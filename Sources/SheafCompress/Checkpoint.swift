@@ -68,7 +68,7 @@ public enum CompressedCheckpoint {
             var tensors: [TensorToWrite] = []
             for name in source.tensorNames where !replacedWeights.contains(name) && !written.contains(name) {
                 tensors.append(try TensorToWrite(name: name, shape: try source.info(name).shape) { () throws(SheafError) in
-                    try source.float32(name)
+                    try source.finiteFloat32(name, op: "compress")
                 })
             }
             for t in r.output.tensors {

@@ -21,7 +21,7 @@ public enum HFExport {
             let counter = Counter(total: model.tensorNames.count, progress: progress)
             return try model.tensorNames.map { (name) throws(SheafError) in
                 try TensorToWrite(name: name, shape: try model.info(name).shape, as: dtype) { () throws(SheafError) in
-                    let values = try model.float32(name)
+                    let values = try model.finiteFloat32(name, op: "convert")
                     counter.tick()
                     return values
                 }

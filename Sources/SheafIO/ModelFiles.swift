@@ -205,6 +205,17 @@ public final class ModelFiles: @unchecked Sendable {
         return try LlamaPermutation.unpermute(values, shape: try store.info(s.storeName).shape, heads: heads)
     }
 
+    /// `float32(name)`, refused with the tensor's name and the first bad element when any value is
+    /// NaN or infinite: what a command that writes a model copies (a written model must not carry
+    /// values that `eval` would refuse).
+    public func finiteFloat32(_ name: String, op: String) throws(SheafError) -> [Float] {
+        let values = try float32(name)
+        if let bad = values.firstIndex(where: { !$0.isFinite }) {
+            throw .nonFinite(op: "\(op) \(path)", what: "tensor '\(name)' at element \(bad) (\(values[bad]))")
+        }
+        return values
+    }
+
     /// The files holding the weights (and, for a folder, config.json), sorted.
     var weightFiles: [String] {
         if format == .gguf { return [path] }

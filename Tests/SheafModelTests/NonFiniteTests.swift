@@ -33,4 +33,24 @@ extension BackendSuites {
             #expect(try clean.firstNonFiniteStep(tokens) == nil)
         }
     }
+
+    /// What convert, export and compress copy is checked: a NaN in any tensor (here a norm weight,
+    /// which no method reads) is refused with the tensor's name and element.
+    @Suite struct NonFiniteWeights {
+        @Test func copiedTensorsAreChecked() throws {
+            let dir = try TinyModel.write(seed: 63)
+            let file = try SafetensorsFile(path: dir + "/model.safetensors")
+            let tensors = try file.tensorNames.map { (name) throws -> TensorToWrite in
+                var v = try file.float32(name)
+                if name == "model.norm.weight" { v[3] = .nan }
+                return try TensorToWrite(name: name, shape: try file.info(name).shape, values: v)
+            }
+            try SafetensorsWriter.writeModel(tensors, to: dir)
+            let files = try ModelFiles.open(dir)
+            #expect { try files.finiteFloat32("model.norm.weight", op: "convert") } throws: {
+                "\($0)".contains("'model.norm.weight' at element 3") && "\($0)".contains("convert")
+            }
+            #expect(try files.finiteFloat32("model.layers.0.mlp.up_proj.weight", op: "convert").count > 0)
+        }
+    }
 }
