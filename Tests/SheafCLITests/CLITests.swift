@@ -115,6 +115,20 @@ extension BackendSuites {
             }
         }
 
+        /// Found by scripts/fuzz: a control character from a broken file (a form feed in
+        /// config.json) made the error two "lines" for a reader that splits on it. Errors are one
+        /// printable line whatever the input holds.
+        @Test func errorsStayOnePrintableLine() throws {
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-cli-ff-\(getpid())").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try Data("{\"hidden_size\": \u{0C}\u{2028}}".utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
+            let r = try sheaf(["inspect", dir])
+            #expect(r.status == 1 && r.stderr.hasPrefix("sheaf: error: ") && r.stderr.contains("\\u{C}"), "\(r.stderr)")
+            let body = r.stderr.dropLast()  // the one newline that ends the line
+            #expect(r.stderr.hasSuffix("\n") && !body.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x2028 }, "\(r.stderr.debugDescription)")
+        }
+
         @Test func helpListsTheCommands() throws {
             let r = try sheaf(["--help"])
             #expect(r.status == 0)
