@@ -39,6 +39,10 @@ public final class WhitenedSVDMethod: CompressionMethod {
             matrix types that share a basis across the group (default
             q,k,v,gate,up; o and down get one basis per layer).
             """),
+        .init("matrices", value: "LIST", help: """
+            matrix types to compress: all (default) or e.g. q,k,v,o; the rest
+            stay dense (the ratio applies to each compressed matrix).
+            """),
         .init("rank", value: "TYPE=K", help: """
             fix the rank of a matrix type, overriding the ratio
             (e.g. --rank q=64,down=128; repeatable).
@@ -78,6 +82,7 @@ public final class WhitenedSVDMethod: CompressionMethod {
         .object([
             "ratio": .number(options.ratio), "group_size": .int(options.effectiveGroupSize),
             "shared": .array(options.shared.map { .string($0.rawValue) }),
+            "matrices": .array(options.matrices.map { .string($0.rawValue) }),
             "rank_overrides": .object(Dictionary(uniqueKeysWithValues: options.rankOverrides.map { ($0.key.rawValue, JSONValue.int($0.value)) })),
             "whitened": .bool(options.method.whitened), "refit": .bool(options.refitEnabled), "epsilon": .number(options.epsilon),
             "seed": .int(Int(clamping: options.seed)),
@@ -223,6 +228,8 @@ public struct CompressionOptions: Sendable {
     public var shared: [MatrixType] = [.q, .k, .v, .gate, .up]
     /// Per-type ranks that replace the ratio's.
     public var rankOverrides: [MatrixType: Int] = [:]
+    /// The matrix types compressed; the others stay dense.
+    public var matrices: [MatrixType] = MatrixType.allCases
     /// Coefficient refit on the compressed model's Grams; auto = on for ratio ≥ 0.4.
     public var refit: Refit = .auto
     /// ε of the whitening fallback (−λmin + ε)·I.
@@ -238,6 +245,7 @@ public struct CompressionOptions: Sendable {
         if let r = try a.double("ratio", expecting: "a number in (0, 1)") { ratio = r }
         groupSize = try a.int("group-size")
         if let types = try a.matrixTypes("share") { shared = types }
+        if let types = try MatrixSelection.parse(a) { matrices = types }
         for item in a.all("rank").flatMap({ $0.split(separator: ",") }) {
             let parts = item.split(separator: "=")
             guard parts.count == 2, let t = MatrixType(name: String(parts[0])), let k = Int(parts[1]) else {
@@ -270,6 +278,10 @@ public struct CompressionPlan: Sendable {
         guard o.ratio > 0, o.ratio < 1 else {
             throw .invalidArgument(op: "compress", detail: "--ratio must be in (0, 1), got \(o.ratio)")
         }
+        guard !o.matrices.isEmpty else { throw .invalidArgument(op: "compress", detail: "--matrices names no matrix type") }
+        if let dense = o.rankOverrides.keys.first(where: { !o.matrices.contains($0) }) {
+            throw .invalidArgument(op: "compress", detail: "--rank \(dense.rawValue)=… names a matrix type that --matrices leaves dense")
+        }
         let n = o.effectiveGroupSize
         guard n >= 1, n <= c.layerCount else {
             throw .invalidArgument(op: "compress", detail: "--group-size must be between 1 and the model's \(c.layerCount) layers, got \(n)")
@@ -278,7 +290,7 @@ public struct CompressionPlan: Sendable {
             throw .invalidArgument(op: "compress", detail: "svd-llm factors each matrix alone (group size 1); use basis-sharing for --group-size \(n)")
         }
         var groups: [Group] = []
-        for t in MatrixType.allCases {
+        for t in o.matrices {
             let size = o.shared.contains(t) ? n : 1
             let (dOut, dIn) = t.shape(c)
             for start in stride(from: 0, to: c.layerCount, by: size) {
@@ -304,6 +316,7 @@ public struct CompressionPlan: Sendable {
 
     /// The last layer of the group of type `t` that holds layer `i`.
     func groupEnd(_ t: MatrixType, layer i: Int) -> Int {
-        groups.first { $0.type == t && $0.layers.contains(i) }!.layers.last!
+        // A type left dense needs no Gram beyond its own layer.
+        groups.first { $0.type == t && $0.layers.contains(i) }?.layers.last ?? i
     }
 }

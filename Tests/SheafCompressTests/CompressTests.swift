@@ -126,6 +126,30 @@ extension BackendSuites {
             #expect(exportedError < bound, "exported vs factored nMSE \(exportedError) (bound \(bound))")
         }
 
+        /// --matrices q,k,v,o compresses attention only: the MLP stays dense, bit for bit, and the
+        /// achieved ratio counts the dense MLP weights.
+        @Test func matricesLeaveTheRestDense() throws {
+            let source = try ModelFiles.open(try TinyModel.write(seed: 23))
+            var o = F.options(.basisSharing, ratio: 0.5, groupSize: 2)
+            o.matrices = [.q, .k, .v, .o]
+            let (r, groups) = try F.compress(source, Backends.cpu, o)
+            #expect(Set(groups.map(\.type)) == [.q, .k, .v, .o])
+            let compressed = try F.write(r, source: source, tag: "attention-only")
+            #expect(compressed.manifest?.modules.count == 2 * 4)
+            for layer in 0..<2 {
+                for t in [MatrixType.gate, .up, .down] {
+                    let name = t.module(layer: layer) + ".weight"
+                    #expect(try compressed.float32(name) == source.float32(name))
+                }
+            }
+            let c = source.config, m = compressed.manifest!
+            let attention = [MatrixType.q, .k, .v, .o].reduce(0) { $0 + $1.shape(c).dOut * $1.shape(c).dIn } * c.layerCount
+            #expect(m.storedLinearParameters > m.denseLinearParameters - attention, "only attention parameters removed")
+            var bad = o
+            bad.rankOverrides = [.gate: 4]
+            #expect { try WhitenedSVDMethod(options: bad, config: c) } throws: { "\($0)".contains("--matrices leaves dense") }
+        }
+
         /// Basis Sharing with n = 1 is SVD-LLM: the same factors, bit for bit.
         @Test func groupSizeOneIsSVDLLM() throws {
             let source = try ModelFiles.open(try TinyModel.write(seed: 22))
