@@ -138,7 +138,8 @@ __kernel void sum_column_groups(const int rows, const int k, const int n,
     if (c >= k || r >= rows) return;
     __global const float *row = src + offS + r * lds;
     float sum = 0.0f;
-    for (int t = starts[c]; t < starts[c + 1]; ++t) {
+    // members holds n entries: a malformed start never reads past it.
+    for (int t = max(starts[c], 0); t < min(starts[c + 1], n); ++t) {
         const int j = members[t];
         if (j >= 0 && j < n) sum += row[j];
     }

@@ -38,6 +38,9 @@ public enum KMeans {
     /// point distances come from one backend GEMM; the draws run on the host (O(k·m)).
     public static func seedPlusPlus(_ points: Matrix<Float>, clusters k: Int, seed: UInt64, backend: any Backend) throws(SheafError) -> Matrix<Float> {
         let m = points.rows
+        guard m >= 1, (1...m).contains(k) else {
+            throw .invalidArgument(op: "k-means++", detail: "\(k) clusters for \(m) points: need 1 ≤ k ≤ \(m)")
+        }
         let p = try backend.upload(points, label: "k-means points")
         let all = try backend.zeros(.float32, rows: m, cols: m)
         try backend.kmeansDistances(points: p, centroids: p, into: all)

@@ -230,6 +230,9 @@ public final class SWSCMethod: CompressionMethod {
         if let scale { for c in 0..<fallback.rows { for j in 0..<dIn { fallback[c, j] = scale[j] > 0 ? fallback[c, j] / scale[j] : 0 } } }
         var centroids = KMeans.means(points, km.labels, fallback: fallback)
         for i in 0..<centroids.count { centroids.values[i] = Self.half(centroids.values[i]) }
+        if centroids.values.contains(where: { !$0.isFinite }) {
+            throw .nonFinite(op: "compress swsc \(t.module(layer: layer))", what: "a centroid exceeds the Float16 range")
+        }
 
         // W' and the error E = W − W', from the centroids as stored.
         var shared = Matrix<Float>.zeros(rows: dOut, cols: dIn)
@@ -253,6 +256,10 @@ public final class SWSCMethod: CompressionMethod {
             }
             for i in 0..<factors.basisT.count { factors.basisT.values[i] = Self.half(factors.basisT.values[i]) }
             for i in 0..<factors.coefficientsT.count { factors.coefficientsT.values[i] = Self.half(factors.coefficientsT.values[i]) }
+            // Beyond ±65504 a Float16 is infinite: refuse now rather than write what load refuses.
+            if factors.basisT.values.contains(where: { !$0.isFinite }) {
+                throw .nonFinite(op: "compress swsc \(t.module(layer: layer))", what: "the residual basis exceeds the Float16 range (try --data-aware none or clustering)")
+            }
             let low = try LAPACK.multiply(factors.coefficientsT.asDouble, factors.basisT.asDouble)
             for i in 0..<approx.count { approx.values[i] += low.values[i] }
             residual = factors

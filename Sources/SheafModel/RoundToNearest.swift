@@ -9,7 +9,7 @@ public enum RoundToNearest {
     /// Codes packed little-endian per row: code i of a row occupies bits i·bits ..< (i+1)·bits of
     /// the row's bytes (bit b of the stream is bit b % 8 of byte b / 8).
     public static func bytesPerRow(dIn: Int, bits: Int) -> Int { (dIn * bits + 7) / 8 }
-    public static func groups(dIn: Int, group: Int) -> Int { (dIn + group - 1) / group }
+    public static func groups(dIn: Int, group: Int) -> Int { (dIn - 1) / group + 1 }
 
     /// Average stored bits per weight: the codes plus a 16-bit minimum and step per group.
     public static func averageBits(dOut: Int, dIn: Int, bits: Int, group: Int) -> Double {

@@ -37,6 +37,11 @@ public enum StoredLayerKinds {
         if let missing = kind.roles.first(where: { entry.tensors[$0] == nil }) {
             throw .io(path: path, detail: "module '\(module)' of kind '\(entry.kind)' names no '\(missing)' tensor")
         }
+        // One tensor in two roles of a module (minima and steps, basis and coefficients) is a
+        // corrupt manifest, and would be counted twice.
+        guard Set(entry.tensors.values).count == entry.tensors.count else {
+            throw .io(path: path, detail: "module '\(module)' names one tensor in two roles: \(entry.tensors.sorted { $0.key < $1.key })")
+        }
         return kind
     }
 }
@@ -215,6 +220,7 @@ public struct ClusteredKind: StoredLayerKind {
         let backend = try context.requireBackend(module)
         let p = try parts(entry, module: module, shape: shape, context: context)
         var stored = [entry.tensors["centroids"]!: p.centroids.count, entry.tensors["labels"]!: p.labels.count]
+        if bias != nil { stored[module + ".bias"] = shape.dOut }
         var residual: LowRankLinear?
         if let r = p.residual {
             let low = try LowRankKind().layer(
@@ -274,8 +280,8 @@ public struct QuantizedKind: StoredLayerKind {
         _ entry: CompressedManifest.Module, module: String, shape: (dOut: Int, dIn: Int), context: StoredLayerContext
     ) throws(SheafError) -> [Float] {
         let path = context.files.path
-        guard let bits = entry.attributes?["bits"], (1...8).contains(bits), let group = entry.attributes?["group"], group >= 1 else {
-            throw .io(path: path, detail: "module '\(module)' of kind 'quantized' needs attributes bits (1-8) and group (≥ 1), got \(entry.attributes ?? [:])")
+        guard let bits = entry.attributes?["bits"], (1...8).contains(bits), let group = entry.attributes?["group"], (1...shape.dIn).contains(group) else {
+            throw .io(path: path, detail: "module '\(module)' of kind 'quantized' needs attributes bits (1-8) and group (1-\(shape.dIn)), got \(entry.attributes ?? [:])")
         }
         let groups = RoundToNearest.groups(dIn: shape.dIn, group: group), rowBytes = RoundToNearest.bytesPerRow(dIn: shape.dIn, bits: bits)
         let codes = try context.values(entry.tensors["codes"]!, [shape.dOut, rowBytes])

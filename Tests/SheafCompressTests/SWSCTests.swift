@@ -260,6 +260,16 @@ extension BackendSuites {
             let a = try LlamaModel(files: compressed, backend: Backends.cpu).logits(F.evalTokens).values
             let b = try LlamaModel(files: hf, backend: Backends.cpu).logits(F.evalTokens).values
             #expect(a == b, "the quantised model runs its dequantised weights densely, as the export stores them")
+
+            // A manifest naming one tensor in two roles is refused (it used to trap counting them).
+            let path = compressed.path + "/sheaf.json"
+            var manifest = try CompressedManifest.load(path)
+            let module = MatrixType.q.module(layer: 0)
+            manifest.modules[module]!.tensors["steps"] = manifest.modules[module]!.tensors["minima"]
+            try manifest.encoded().write(to: URL(fileURLWithPath: path))
+            #expect { try LlamaModel(files: try ModelFiles.open(compressed.path), backend: Backends.cpu) } throws: {
+                "\($0)".contains("names one tensor in two roles")
+            }
         }
     }
 }
