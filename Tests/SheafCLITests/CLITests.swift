@@ -17,7 +17,11 @@ extension BackendSuites {
             let parity = report?["parity"] as? [[String: Any]] ?? []
             let backends = Set(parity.compactMap { $0["backend"] as? String })
             #expect(backends == ["cpu", "opencl"], "backends checked: \(backends)")
-            #expect(parity.count == 32)
+            // Every case of the quick suite on each backend, the clustered layer's gather ops among them.
+            #expect(parity.count == 2 * 18)
+            for op in ["gatherColumns", "sumColumnGroups", "kmeansDistances"] {
+                #expect(Set(parity.filter { $0["op"] as? String == op }.compactMap { $0["backend"] as? String }) == ["cpu", "opencl"], "\(op)")
+            }
             #expect((report?["openCLDevices"] as? [Any])?.isEmpty == false)
             let cpu = report?["cpu"] as? [String: Any]
             #expect((cpu?["model"] as? String)?.isEmpty == false)
