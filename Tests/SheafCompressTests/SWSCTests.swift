@@ -199,6 +199,25 @@ extension BackendSuites {
             #expect(SWSCMethod.labelBits(1) == 0 && SWSCMethod.labelBits(2) == 1 && SWSCMethod.labelBits(256) == 8 && SWSCMethod.labelBits(257) == 9)
         }
 
+        /// NaN weights are refused by name, by SWSC and RTN alike.
+        @Test func nanWeightsAreRefused() throws {
+            let dir = try TinyModel.write(seed: 38)
+            let file = try SafetensorsFile(path: dir + "/model.safetensors")
+            let tensors = try file.tensorNames.map { (name) throws -> TensorToWrite in
+                var v = try file.float32(name)
+                if name == "model.layers.1.self_attn.k_proj.weight" { v[5] = .nan }
+                return try TensorToWrite(name: name, shape: try file.info(name).shape, values: v)
+            }
+            try SafetensorsWriter.writeModel(tensors, to: dir)
+            let source = try ModelFiles.open(dir)
+            for (method, values) in [("swsc", ["clusters": ["4"]]), ("rtn", ["bits": ["4"]])] {
+                let m = try MethodRegistry.standard.entry(method)!.make(MethodArguments(values: values), source.config)
+                #expect { try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, method: m) } throws: {
+                    "\($0)".contains("model.layers.1.self_attn.k_proj.weight") && "\($0)".contains("non-finite")
+                }
+            }
+        }
+
         /// Each impossible option is refused by name before any work.
         @Test func impossibleOptionsAreRefused() throws {
             let c = try ModelFiles.open(try TinyModel.write(seed: 36)).config
