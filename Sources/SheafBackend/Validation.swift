@@ -135,14 +135,18 @@ enum Check {
         }
     }
 
+    /// The clustered layer ops' operands: float32, non-empty, indexable in 32 bits.
+    private static func float32Pair(_ src: MatrixView, _ out: MatrixView, op: String) throws(SheafError) {
+        for (v, name) in [(src, "src"), (out, "out")] {
+            try scalar(v, .float32, name, op: op)
+            try nonEmpty(v, name, op: op)
+            try fitsInt32(v, op: op)
+        }
+    }
+
     static func gatherColumns(_ src: MatrixView, _ labels: DeviceBuffer, _ out: MatrixView) throws(SheafError) {
         let op = "gatherColumns"
-        try scalar(src, .float32, "src", op: op)
-        try scalar(out, .float32, "out", op: op)
-        try nonEmpty(src, "src", op: op)
-        try nonEmpty(out, "out", op: op)
-        try fitsInt32(src, op: op)
-        try fitsInt32(out, op: op)
+        try float32Pair(src, out, op: op)
         guard labels.scalar == .int32, labels.count >= out.cols, src.rows == out.rows else {
             throw .shapeMismatch(op: op, detail: "src \(src.shape), labels \(labels.scalar) (\(labels.count)), out \(out.shape)")
         }
@@ -150,12 +154,7 @@ enum Check {
 
     static func sumColumnGroups(_ src: MatrixView, _ members: DeviceBuffer, _ starts: DeviceBuffer, _ out: MatrixView) throws(SheafError) {
         let op = "sumColumnGroups"
-        try scalar(src, .float32, "src", op: op)
-        try scalar(out, .float32, "out", op: op)
-        try nonEmpty(src, "src", op: op)
-        try nonEmpty(out, "out", op: op)
-        try fitsInt32(src, op: op)
-        try fitsInt32(out, op: op)
+        try float32Pair(src, out, op: op)
         guard members.scalar == .int32, starts.scalar == .int32, members.count >= src.cols, starts.count >= out.cols + 1, src.rows == out.rows
         else {
             throw .shapeMismatch(

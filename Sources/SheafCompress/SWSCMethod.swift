@@ -128,7 +128,7 @@ public final class SWSCMethod: CompressionMethod {
         var choices: [MatrixType: Choice] = [:]
         for t in options.matrices {
             let (dOut, dIn) = t.shape(c)
-            let (channelCount, length) = options.channels == .rows ? (dOut, dIn) : (dIn, dOut)
+            let channelCount = options.channels == .rows ? dOut : dIn
             let choice: Choice
             if let bits = options.bits {
                 guard options.clusters == nil, options.rank == nil else {
@@ -149,7 +149,6 @@ public final class SWSCMethod: CompressionMethod {
                 }
                 choice = Choice(clusters: k, rank: r)
             }
-            _ = length
             choices[t] = choice
         }
         self.choices = choices
