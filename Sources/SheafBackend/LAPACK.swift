@@ -100,6 +100,22 @@ public enum LAPACK {
         return Matrix(unchecked: b.cols, b.rows, rhs).transposed
     }
 
+    /// x with (a + shift·I)·x = b for symmetric a (n, n) and b (n, r): shift 0 when a is positive
+    /// definite, else the whitening's fallback (`cholesky`): −λmin + epsilon, tried once.
+    public static func solvePositiveDefinite(
+        _ a: Matrix<Double>, _ b: Matrix<Double>, epsilon: Double
+    ) throws(SheafError) -> (x: Matrix<Double>, shift: Double) {
+        try SymmetricInput.validate(a, op: "solvePositiveDefinite")
+        if let x = try solvePositiveDefinite(a, b) { return (x, 0) }
+        let shift = -(try symmetricEigenvalues(a, validated: true)[0]) + epsilon
+        var shifted = a
+        for i in 0..<a.rows { shifted[i, i] += shift }
+        guard let x = try solvePositiveDefinite(shifted, b) else {
+            throw .notPositiveDefinite(op: "solvePositiveDefinite", detail: "\(a.shape) still fails after adding \(shift)·I (epsilon \(epsilon))")
+        }
+        return (x, shift)
+    }
+
     /// op(a) · op(b) in Float64 on the host (dgemm), for the small products around the
     /// factorisations (reports, refits).
     public static func multiply(

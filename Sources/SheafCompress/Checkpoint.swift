@@ -28,7 +28,7 @@ public enum CompressedCheckpoint {
         for layer in 0..<c.layerCount {
             for t in MatrixType.allCases where modules[t.module(layer: layer)] == nil { total += t.shape(c).dOut * t.shape(c).dIn }
         }
-        for name in Set(modules.values.flatMap(\.tensors.values)) { total += try shape(name).reduce(1, *) }
+        for name in Set(modules.values.flatMap(\.usedTensors)) { total += try shape(name).reduce(1, *) }
         return total
     }
 
@@ -62,7 +62,7 @@ public enum CompressedCheckpoint {
         try HFExport.writeFolder(
             to: out, replace: replace, inputs: [source.path], config: source.config,
             configJSON: try source.config.configJSON(extra: ["sheaf": sheafSection]), tokenizer: try source.tokenizerIfPresent(),
-            extraFiles: [CompressedManifest.fileName: try manifest.encoded()], notice: progress
+            extraFiles: r.output.files.merging([CompressedManifest.fileName: try manifest.encoded()]) { $1 }, notice: progress
         ) { () throws(SheafError) in
             // Deferred: each source tensor is read only when the writer reaches it.
             var tensors: [TensorToWrite] = []

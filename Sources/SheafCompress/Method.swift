@@ -1,3 +1,4 @@
+import Foundation
 import SheafBackend
 import SheafCore
 import SheafIO
@@ -44,12 +45,14 @@ public struct MethodOutput: Sendable {
     /// (whose values must then be integers in range).
     public var storedTypes: [String: SafetensorsDType]
     public var report: MethodReport
+    /// Files written into the checkpoint folder beside the model (a method's pictures), by name.
+    public var files: [String: Data]
 
     public init(
         modules: [String: CompressedManifest.Module], tensors: [(name: String, value: Matrix<Float>)],
-        storedTypes: [String: SafetensorsDType] = [:], report: MethodReport
+        storedTypes: [String: SafetensorsDType] = [:], report: MethodReport, files: [String: Data] = [:]
     ) {
-        (self.modules, self.tensors, self.storedTypes, self.report) = (modules, tensors, storedTypes, report)
+        (self.modules, self.tensors, self.storedTypes, self.report, self.files) = (modules, tensors, storedTypes, report, files)
     }
 }
 
@@ -170,7 +173,7 @@ public struct MethodRegistry: Sendable {
     public init(entries: [MethodEntry]) { self.entries = entries }
 
     /// Every method Sheaf ships.
-    public static let standard = MethodRegistry(entries: WhitenedSVDMethod.entries + SWSCMethod.entries + RTNMethod.entries)
+    public static let standard = MethodRegistry(entries: WhitenedSVDMethod.entries + SWSCMethod.entries + RTNMethod.entries + HeadSharingMethod.entries)
 
     public var names: [String] { entries.map(\.name) }
 

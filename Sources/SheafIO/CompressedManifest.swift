@@ -22,9 +22,24 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
         /// Integers a kind needs besides its tensors' shapes (a quantised module's "bits" and
         /// "group"); nil when none. Keys are lower-case words: the coders convert snake_case.
         public var attributes: [String: Int]?
-        public init(kind: String, tensors: [String: String], attributes: [String: Int]? = nil) {
-            (self.kind, self.tensors, self.attributes) = (kind, tensors, attributes)
+        /// A head-shared module's heads in order (query heads of q and o, key/value heads of k
+        /// and v): where each one's rows (q, k, v) or columns (o) are stored. nil for other kinds.
+        public var heads: [HeadSource]?
+        public init(kind: String, tensors: [String: String], attributes: [String: Int]? = nil, heads: [HeadSource]? = nil) {
+            (self.kind, self.tensors, self.attributes, self.heads) = (kind, tensors, attributes, heads)
         }
+
+        /// The tensors it names by role and the ones its heads read (borrowed ones included).
+        public var usedTensors: Set<String> { Set(tensors.values).union((heads ?? []).map(\.tensor)) }
+    }
+
+    /// One head of a head-shared module: block `slice` (head_dim rows of a q/k/v tensor, or
+    /// head_dim columns of an o tensor) of `tensor`, which may be this module's own tensor or
+    /// another module's (the head it borrows).
+    public struct HeadSource: Codable, Sendable, Equatable, Hashable {
+        public var tensor: String
+        public var slice: Int
+        public init(tensor: String, slice: Int) { (self.tensor, self.slice) = (tensor, slice) }
     }
 
     /// The method that wrote the checkpoint: its registry name, its options and its report, each
@@ -83,7 +98,7 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
     }
 
     /// Every tensor the listed modules use (not HuggingFace tensors of the source layout).
-    public var moduleTensors: Set<String> { Set(modules.values.flatMap(\.tensors.values)) }
+    public var moduleTensors: Set<String> { Set(modules.values.flatMap(\.usedTensors)) }
 
     static func coders() -> (JSONEncoder, JSONDecoder) {
         let e = JSONEncoder(), d = JSONDecoder()

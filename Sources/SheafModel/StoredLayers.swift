@@ -24,7 +24,7 @@ public protocol StoredLayerKind: Sendable {
 /// The stored-layer kinds a checkpoint may use, by name.
 public enum StoredLayerKinds {
     public static let all: [any StoredLayerKind] = [
-        DenseKind(), LowRankKind(), ClusteredKind(channels: .rows), ClusteredKind(channels: .cols), QuantizedKind(),
+        DenseKind(), LowRankKind(), ClusteredKind(channels: .rows), ClusteredKind(channels: .cols), QuantizedKind(), HeadSharedKind(),
     ]
 
     /// The kind of `entry`, after checking that it names every tensor its kind needs.

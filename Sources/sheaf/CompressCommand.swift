@@ -219,7 +219,8 @@ enum CompressCommand {
         seconds["total"] = monotonicSeconds() - t0
         let report = Report(
             manifest: manifest, table: result.output.report, seconds: seconds, gramsFromCache: result.gramsFromCache,
-            calibrationTokensPerSecond: result.gramsFromCache ? nil : Double(count * length) / (result.seconds["calibration"] ?? 1),
+            calibrationTokensPerSecond: result.gramsFromCache || method.statistics == .none
+                ? nil : Double(count * length) / (result.seconds["calibration"] ?? 1),
             peakResidentBytes: peakResidentBytes(), evaluation: evaluation)
         if a.flag("json") { try printJSON(report) } else { report.print() }
         return 0

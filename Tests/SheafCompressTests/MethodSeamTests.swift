@@ -15,7 +15,7 @@ final class KeepDenseMethod: CompressionMethod {
     static let entry = MethodEntry(
         name: "keep-dense", summary: "every linear layer dense, under a new tensor name (a test of the seam)",
         options: [.init("only", value: "LIST", help: "matrix types to list (default all)")]
-    ) { arguments, _ in try KeepDenseMethod(types: try arguments.matrixTypes("only") ?? MatrixType.allCases) }
+    ) { arguments, _ in KeepDenseMethod(types: try arguments.matrixTypes("only") ?? MatrixType.allCases) }
 
     let types: [MatrixType]
     private var modules: [String: CompressedManifest.Module] = [:]
