@@ -49,8 +49,11 @@ public final class HeadSharingMethod: CompressionMethod {
     }
 
     public static let options: [MethodOption] = [
-        .init("share-rate", value: "R", help: "fraction of all units (layers × units per layer) replaced by an earlier layer's, in [0, 1); default 0.1."),
-        .init("signature", value: "S", help: "weights compared by cosine similarity: qk (default), q, k, v or qkv."),
+        .init("share-rate", value: "R", help: """
+            fraction of all units (layers × units per layer) that read an earlier layer's
+            weights instead of their own, in [0, 1) (default 0.1); layer 0 never does.
+            """),
+        .init("signature", value: "S", help: "weights compared by cosine similarity: qk (default), q, k, v or qkv\n(a query head's k and v are its key/value group's)."),
         .init("unit", value: "U", help: """
             kv-group (default): a key/value group shares its k, v rows, its query heads' q rows
             and o columns; query-head: one query head shares its q rows and o columns.
@@ -58,10 +61,10 @@ public final class HeadSharingMethod: CompressionMethod {
     ]
 
     public static let entries: [MethodEntry] = [
-        MethodEntry(name: "directshare", summary: "attention heads reuse the most similar earlier head's weights (arXiv 2402.11819)", options: options) {
+        MethodEntry(name: "directshare", summary: "attention heads reuse the most similar earlier layer's head weights (Cao et al., 2024)", options: options) {
             a, config in try HeadSharingMethod(options: try parse(a, fitted: false), config: config)
         },
-        MethodEntry(name: "postshare", summary: "directshare's pairs, each shared head fitted to all it serves on the calibration Grams", options: options) {
+        MethodEntry(name: "postshare", summary: "directshare's pairs, each shared head fitted in closed form to every head it serves", options: options) {
             a, config in try HeadSharingMethod(options: try parse(a, fitted: true), config: config)
         },
     ]

@@ -119,6 +119,29 @@ extension BackendSuites {
             }
         }
 
+        /// Head sharing's refusals: a share rate outside [0, 1), a signature or unit that does not
+        /// exist, a one-layer model: one line each, before any work, nothing written.
+        @Test func impossibleHeadSharingOptionsAreOneLine() throws {
+            let one = try TinyModel.write(seed: 47, layers: 1)
+            let tiny = try TinyModel.write(seed: 48)
+            let out = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-cli-heads-\(getpid())").path
+            let cases: [(String, [String], Int32, String)] = [
+                (tiny, ["--method", "directshare", "--share-rate", "1"], 1, "--share-rate must be in [0, 1), got 1.0"),
+                (tiny, ["--method", "postshare", "--share-rate", "-0.5"], 1, "--share-rate must be in [0, 1), got -0.5"),
+                (tiny, ["--method", "directshare", "--share-rate", "x"], 2, "--share-rate expects a number in [0, 1), got 'x'"),
+                (tiny, ["--method", "directshare", "--signature", "qo"], 2, "--signature must be one of q, k, v, qk, qkv, got 'qo'"),
+                (tiny, ["--method", "postshare", "--unit", "layer"], 2, "--unit must be one of kv-group, query-head, got 'layer'"),
+                (tiny, ["--method", "rtn", "--share-rate", "0.1"], 2, "--share-rate is an option of directshare, postshare, not of rtn"),
+                (one, ["--method", "directshare"], 1, "head sharing needs an earlier layer"),
+            ]
+            for (model, args, status, expected) in cases {
+                let r = try sheaf(["compress", model, "--out", out] + args)
+                #expect(r.status == status && r.stderr.contains(expected), "\(args): \(r.status) \(r.stderr)")
+                #expect(r.stderr.split(separator: "\n").count == 1, "\(args): \(r.stderr)")
+                #expect(!FileManager.default.fileExists(atPath: out))
+            }
+        }
+
         /// Found by scripts/fuzz: a control character from a broken file (a form feed in
         /// config.json) made the error two "lines" for a reader that splits on it. Errors are one
         /// printable line whatever the input holds.
