@@ -1,3 +1,4 @@
+import Foundation
 import SheafBackend
 import SheafCore
 import SheafIO
@@ -30,6 +31,19 @@ public final class WhitenedSVDMethod: CompressionMethod {
             fraction of the linear parameters to remove, in (0, 1) (default 0.2);
             a (d_out, d_in) matrix shared by n layers keeps rank
             floor(d_in·d_out·n·(1 − R) / (d_in + n·d_out)).
+            """),
+        .init("budget", value: "R", help: """
+            the same fraction as --ratio (give one of them); with --allocate
+            spectrum it holds for the compressed matrices together.
+            """),
+        .init("allocate", value: "A", help: """
+            uniform (default): every matrix keeps --ratio's rank; spectrum: all
+            ranks chosen together from the whitened spectra, most calibration
+            error removed per parameter first, for the same parameter budget.
+            """),
+        .init("normalise", value: "N", help: """
+            how spectrum weighs matrices: matrix (default: each group's error
+            relative to its ‖XWᵀ‖²) or none (absolute calibration error).
             """),
         .init("group-size", value: "N", help: """
             consecutive layers per shared basis (default 2 for basis-sharing,
@@ -85,6 +99,7 @@ public final class WhitenedSVDMethod: CompressionMethod {
             "matrices": .array(options.matrices.map { .string($0.rawValue) }),
             "rank_overrides": .object(Dictionary(uniqueKeysWithValues: options.rankOverrides.map { ($0.key.rawValue, JSONValue.int($0.value)) })),
             "whitened": .bool(options.method.whitened), "refit": .bool(options.refitEnabled), "epsilon": .number(options.epsilon),
+            "allocation": .string(options.allocation.rawValue), "normalisation": .string(options.normalisation.rawValue),
             "seed": .int(Int(clamping: options.seed)),
         ])
     }
@@ -111,6 +126,11 @@ public final class WhitenedSVDMethod: CompressionMethod {
             }
             return g
         }
+        var files: [String: Data] = [:]
+        if options.allocation == .spectrum {
+            allocation = try allocate(&groups, context: context)
+            files[Self.rankPictureName] = Data(rankMap(context.config).utf8)
+        }
         if options.refitEnabled {
             refitRidges = try refit(&groups, context: context)
         }
@@ -125,7 +145,76 @@ public final class WhitenedSVDMethod: CompressionMethod {
                 modules[module] = .init(kind: LowRankKind.kindName, tensors: ["basis": basis, "coefficients": coefficients])
             }
         }
-        return MethodOutput(modules: modules, tensors: tensors, report: report())
+        return MethodOutput(modules: modules, tensors: tensors, report: report(), files: files)
+    }
+
+    public static let rankPictureName = "ranks.svg"
+
+    /// What `--allocate spectrum` chose: the budget in parameters, what it spent, and the
+    /// normalised error it leaves (Σ over groups).
+    public struct Allocation: Sendable {
+        public var budget: Int
+        public var spent: Int
+        public var discarded: Double
+        public var uniformDiscarded: Double
+    }
+
+    public private(set) var allocation: Allocation?
+
+    /// Chooses every group's rank from its whitened spectrum (`RankAllocator.spectrum`) for the
+    /// budget (1 − ratio)·Σ n·d_in·d_out and truncates the full-rank factors to it. The error of
+    /// rank k is read off the spectrum: Σ_{j≥k} σ_j² / Σ σ_j².
+    func allocate(_ groups: inout [FactoredGroup], context: CompressionContext) throws(SheafError) -> Allocation {
+        let c = context.config
+        var items: [RankAllocator.Item] = []
+        var dense = 0
+        for g in groups {
+            let (dOut, dIn) = g.type.shape(c), n = g.layers.count
+            dense += n * dOut * dIn
+            items.append(.init(energies: g.singularValues.map { $0 * $0 }, cost: dIn + n * dOut, fixed: options.rankOverrides[g.type]))
+        }
+        let budget = Int((Double(dense) * (1 - options.ratio)).rounded(.down))
+        guard let ranks = RankAllocator.spectrum(items, budget: budget, normalisation: options.normalisation) else {
+            throw .invalidArgument(op: "compress \(name)", detail: "--budget \(options.ratio) leaves fewer than one rank per matrix group: lower it")
+        }
+        let uniform = plan.groups.map {
+            options.rankOverrides[$0.type] ?? MatrixType.rank(dIn: $0.type.shape(c).dIn, dOut: $0.type.shape(c).dOut, layers: $0.layers.count, ratio: options.ratio)
+        }
+        for (i, k) in ranks.enumerated() {
+            var g = groups[i]
+            let dIn = g.basisT.cols, full = g.rank
+            g.basisT = Matrix(unchecked: k, dIn, Array(g.basisT.values.prefix(k * dIn)))
+            g.coefficientsT = g.coefficientsT.map { m in
+                Matrix(unchecked: m.rows, k, (0..<m.rows * k).map { m.values[($0 / k) * full + $0 % k] })
+            }
+            let total = items[i].energies.reduce(0, +), tail = items[i].energies.dropFirst(k).reduce(0, +)
+            g.energy = total > 0 ? 1 - tail / total : 1
+            g.error = total > 0 ? tail / total : 0
+            groups[i] = g
+        }
+        context.progress("spectrum allocation: \(ranks.reduce(0, +)) ranks over \(groups.count) groups for \(budget) parameters")
+        return Allocation(
+            budget: budget, spent: zip(items, ranks).reduce(0) { $0 + $1.0.cost * $1.1 },
+            discarded: RankAllocator.discarded(items, ranks: ranks, normalisation: options.normalisation),
+            uniformDiscarded: RankAllocator.discarded(items, ranks: uniform.map { max($0, 1) }, normalisation: options.normalisation))
+    }
+
+    /// Rank kept per layer (rows) and matrix type (columns), as a fraction of the full rank.
+    func rankMap(_ c: ModelConfig) -> String {
+        let types = options.matrices
+        var values = [[Double?]](repeating: [Double?](repeating: nil, count: types.count), count: c.layerCount)
+        for g in groups {
+            guard let col = types.firstIndex(of: g.type) else { continue }
+            let (dOut, dIn) = g.type.shape(c)
+            for l in g.layers { values[l][col] = Double(g.rank) / Double(min(dIn, g.layers.count * dOut)) }
+        }
+        var map = SVG.HeatMap(
+            title: "\(name): rank kept per matrix (\(options.allocation.rawValue) allocation, budget \(options.ratio))",
+            values: values, rowTitle: "layer", columnTitle: "matrix type", rowLabels: (0..<c.layerCount).map(String.init),
+            columnLabels: types.map { String($0.rawValue.prefix { $0 != "_" }) }, colorTitle: "rank / full rank (unitless)")
+        map.subtitle = "groups of \(options.effectiveGroupSize) layers share a basis for \(options.shared.map(\.rawValue).joined(separator: ", ")); normalisation \(options.normalisation.rawValue)"
+        map.emptyLabel = "left dense"
+        return map.render()
     }
 
     /// The basis tensor of a group, e.g. "sheaf.bases.q_proj.layers.0-1".
@@ -143,9 +232,20 @@ public final class WhitenedSVDMethod: CompressionMethod {
         }
         let fallbacks = groups.filter(\.whiteningFallback).count
         var notes = ["whitening fallbacks \(fallbacks)"]
+        if let a = allocation {
+            notes.append(
+                "spectrum allocation: \(a.spent) of \(a.budget) budgeted parameters, normalised error left \(scientific(a.discarded)) "
+                    + "(uniform rule \(scientific(a.uniformDiscarded))); rank map \(Self.rankPictureName)")
+        }
         if refit { notes.append("refit ridges \(refitRidges)") }
         let json: JSONValue = .object([
             "whitening_fallbacks": .int(fallbacks), "refit_ridges": refit ? .int(refitRidges) : .null,
+            "allocation": allocation.map { a in
+                .object([
+                    "budget": .int(a.budget), "spent": .int(a.spent), "discarded": .number(a.discarded),
+                    "uniform_discarded": .number(a.uniformDiscarded), "normalisation": .string(options.normalisation.rawValue),
+                ])
+            } ?? .null,
             "groups": .array(groups.map { g in
                 .object([
                     "type": .string(g.type.rawValue), "layers": .array(g.layers.map(JSONValue.int)), "rank": .int(g.rank),
@@ -219,6 +319,8 @@ func scientific(_ x: Double) -> String { String(format: "%.3e", x) }
 public struct CompressionOptions: Sendable {
     public enum Refit: String, Sendable, CaseIterable { case auto, on, off }
 
+    public enum Allocation: String, Sendable, CaseIterable { case uniform, spectrum }
+
     public var method: WhitenedSVDMethod.Variant = .basisSharing
     /// Fraction of the decoder linear parameters to remove, in (0, 1).
     public var ratio: Double = 0.2
@@ -234,6 +336,11 @@ public struct CompressionOptions: Sendable {
     public var refit: Refit = .auto
     /// ε of the whitening fallback (−λmin + ε)·I.
     public var epsilon = 1e-6
+    /// uniform: each group keeps `ratio`'s rank; spectrum: `RankAllocator` over the whitened spectra.
+    public var allocation: Allocation = .uniform
+    public var normalisation: RankAllocator.Normalisation = .matrix
+    /// The option that gave `ratio` ("ratio" or "budget"), for the errors that name it.
+    public var fractionOption = "ratio"
     /// Recorded in the manifest; the methods here are deterministic and draw no random numbers.
     public var seed: UInt64 = 0
 
@@ -243,6 +350,23 @@ public struct CompressionOptions: Sendable {
     public init(_ variant: WhitenedSVDMethod.Variant, _ a: MethodArguments) throws(MethodOptionError) {
         method = variant
         if let r = try a.double("ratio", expecting: "a number in (0, 1)") { ratio = r }
+        if let b = try a.double("budget", expecting: "a number in (0, 1)") {
+            guard a.value("ratio") == nil else { throw MethodOptionError("--budget and --ratio are the same fraction: give one of them") }
+            ratio = b
+            fractionOption = "budget"
+        }
+        if let v = a.value("allocate") {
+            guard let x = Allocation(rawValue: v) else {
+                throw MethodOptionError("--allocate must be one of \(Allocation.allCases.map(\.rawValue).joined(separator: ", ")), got '\(v)'")
+            }
+            allocation = x
+        }
+        if let v = a.value("normalise") {
+            guard let x = RankAllocator.Normalisation(rawValue: v) else {
+                throw MethodOptionError("--normalise must be one of \(RankAllocator.Normalisation.allCases.map(\.rawValue).joined(separator: ", ")), got '\(v)'")
+            }
+            normalisation = x
+        }
         groupSize = try a.int("group-size")
         if let types = try a.matrixTypes("share") { shared = types }
         if let types = try MatrixSelection.parse(a) { matrices = types }
@@ -276,7 +400,7 @@ public struct CompressionPlan: Sendable {
     /// Validates the options against the model: every failure is one line naming the option.
     public init(config c: ModelConfig, options o: CompressionOptions) throws(SheafError) {
         guard o.ratio > 0, o.ratio < 1 else {
-            throw .invalidArgument(op: "compress", detail: "--ratio must be in (0, 1), got \(o.ratio)")
+            throw .invalidArgument(op: "compress", detail: "--\(o.fractionOption) must be in (0, 1), got \(o.ratio)")
         }
         guard !o.matrices.isEmpty else { throw .invalidArgument(op: "compress", detail: "--matrices names no matrix type") }
         if let dense = o.rankOverrides.keys.first(where: { !o.matrices.contains($0) }) {
@@ -295,7 +419,9 @@ public struct CompressionPlan: Sendable {
             let (dOut, dIn) = t.shape(c)
             for start in stride(from: 0, to: c.layerCount, by: size) {
                 let layers = Array(start..<min(start + size, c.layerCount))
-                var rank = MatrixType.rank(dIn: dIn, dOut: dOut, layers: layers.count, ratio: o.ratio)
+                // spectrum factors at full rank and truncates once every spectrum is known.
+                var rank = o.allocation == .spectrum
+                    ? min(dIn, layers.count * dOut) : MatrixType.rank(dIn: dIn, dOut: dOut, layers: layers.count, ratio: o.ratio)
                 if let forced = o.rankOverrides[t] {
                     let most = min(dIn, layers.count * dOut)
                     guard forced >= 1, forced <= most else {
