@@ -61,13 +61,29 @@ public final class HeadSharingMethod: CompressionMethod {
     ]
 
     public static let entries: [MethodEntry] = [
-        MethodEntry(name: "directshare", summary: "attention heads reuse the most similar earlier layer's head weights (Cao et al., 2024)", options: options) {
-            a, config in try HeadSharingMethod(options: try parse(a, fitted: false), config: config)
-        },
-        MethodEntry(name: "postshare", summary: "directshare's pairs, each shared head fitted in closed form to every head it serves", options: options) {
-            a, config in try HeadSharingMethod(options: try parse(a, fitted: true), config: config)
-        },
+        MethodEntry(
+            name: "directshare", summary: "attention heads reuse the most similar earlier layer's head weights (Cao et al., 2024)", options: options,
+            budget: { r, a, c in try budgetArguments(r, a, c) }
+        ) { a, config in try HeadSharingMethod(options: try parse(a, fitted: false), config: config) },
+        MethodEntry(
+            name: "postshare", summary: "directshare's pairs, each shared head fitted in closed form to every head it serves", options: options,
+            budget: { r, a, c in try budgetArguments(r, a, c) }
+        ) { a, config in try HeadSharingMethod(options: try parse(a, fitted: true), config: config) },
     ]
+
+    /// The share rate that removes the fraction R of the linear parameters: R · linear /
+    /// (parameters per unit · units), for the unit the other arguments choose.
+    static func budgetArguments(_ r: Double, _ a: MethodArguments, _ c: ModelConfig) throws -> MethodArguments {
+        let probe = try HeadSharingMethod(options: try parse(a, fitted: false), config: c)
+        let rate = r * Double(c.linearParameterCount) / Double(probe.unitParameters * c.layerCount * probe.unitsPerLayer)
+        guard rate < 1 else {
+            throw SheafError.invalidArgument(
+                op: "sweep", detail: "a budget of \(r) needs share rate \(String(format: "%.3f", rate)) (≥ 1): head sharing removes at most the attention's parameters")
+        }
+        var out = a
+        out.values["share-rate"] = ["\(rate)"]
+        return out
+    }
 
     static func parse(_ a: MethodArguments, fitted: Bool) throws(MethodOptionError) -> Options {
         var o = Options()

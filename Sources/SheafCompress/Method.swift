@@ -157,12 +157,17 @@ public struct MethodEntry: Sendable {
     public let summary: String
     public let options: [MethodOption]
     public let make: @Sendable (MethodArguments, ModelConfig) throws -> any CompressionMethod
+    /// For a method that can aim at a parameter budget (`sheaf sweep`): the arguments that ask
+    /// it to remove the fraction R of the linear parameters, given the other arguments. nil for
+    /// methods whose budget is not in parameters (bits).
+    public let budget: (@Sendable (Double, MethodArguments, ModelConfig) throws -> MethodArguments)?
 
     public init(
         name: String, summary: String, options: [MethodOption],
+        budget: (@Sendable (Double, MethodArguments, ModelConfig) throws -> MethodArguments)? = nil,
         make: @escaping @Sendable (MethodArguments, ModelConfig) throws -> any CompressionMethod
     ) {
-        (self.name, self.summary, self.options, self.make) = (name, summary, options, make)
+        (self.name, self.summary, self.options, self.budget, self.make) = (name, summary, options, budget, make)
     }
 }
 

@@ -69,7 +69,22 @@ public final class WhitenedSVDMethod: CompressionMethod {
     ]
 
     public static let entries: [MethodEntry] = Variant.allCases.map { variant in
-        MethodEntry(name: variant.rawValue, summary: variant.summary, options: options) { arguments, config in
+        MethodEntry(
+            name: variant.rawValue, summary: variant.summary, options: options,
+            budget: { r, a, c in
+                // R of all linear parameters is R / (the compressed types' share) of theirs.
+                let types = try MatrixSelection.parse(a) ?? MatrixType.allCases
+                let share = Double(types.reduce(0) { $0 + $1.shape(c).dOut * $1.shape(c).dIn } * c.layerCount) / Double(c.linearParameterCount)
+                guard r < share else {
+                    throw SheafError.invalidArgument(
+                        op: "sweep", detail: "a budget of \(r) is more than \(types.map(\.rawValue).joined(separator: ",")) hold (\(String(format: "%.3f", share)) of the linear parameters)")
+                }
+                var a = a
+                a.values["ratio"] = nil
+                a.values["budget"] = ["\(r / share)"]
+                return a
+            }
+        ) { arguments, config in
             try WhitenedSVDMethod(options: try CompressionOptions(variant, arguments), config: config)
         }
     }

@@ -146,3 +146,137 @@ public enum SVG {
         }
     }
 }
+
+extension SVG {
+    /// A line plot: series of (x, y) points joined in x order, each with its colour, marker and
+    /// legend entry; horizontal reference lines; linear x axis, linear or log₁₀ y axis, with
+    /// ticks, axis titles (with units) and a legend.
+    public struct LinePlot {
+        public struct Series {
+            public var label: String
+            public var points: [(x: Double, y: Double)]
+            /// Joined by a line (false: markers only, e.g. published reference points).
+            public var joined: Bool
+            public init(label: String, points: [(x: Double, y: Double)], joined: Bool = true) {
+                (self.label, self.points, self.joined) = (label, points, joined)
+            }
+        }
+
+        public var title: String
+        public var subtitle: String = ""
+        public var xTitle: String
+        public var yTitle: String
+        public var logY: Bool
+        public var series: [Series] = []
+        /// Horizontal lines across the plot (a dense model's perplexity), with their labels.
+        public var horizontals: [(y: Double, label: String)] = []
+
+        public init(title: String, xTitle: String, yTitle: String, logY: Bool) {
+            (self.title, self.xTitle, self.yTitle, self.logY) = (title, xTitle, yTitle, logY)
+        }
+
+        static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
+
+        /// "Nice" tick values covering [lo, hi]: steps of 1, 2 or 5 × 10ⁿ.
+        static func ticks(_ lo: Double, _ hi: Double, count: Int = 6) -> [Double] {
+            guard hi > lo else { return [lo] }
+            let raw = (hi - lo) / Double(count), magnitude = pow(10, floor(log10(raw)))
+            let step = [1.0, 2, 5, 10].map { $0 * magnitude }.first { $0 >= raw } ?? 10 * magnitude
+            var t = ceil(lo / step) * step, out: [Double] = []
+            while t <= hi + step * 1e-9 {
+                out.append(abs(t) < step * 1e-9 ? 0 : t)
+                t += step
+            }
+            return out
+        }
+
+        public func render() -> String {
+            let all = series.flatMap(\.points).filter { $0.x.isFinite && $0.y.isFinite && (!logY || $0.y > 0) }
+            let ys = all.map(\.y) + horizontals.map(\.y).filter { !logY || $0 > 0 }
+            var (x0, x1) = (all.map(\.x).min() ?? 0, all.map(\.x).max() ?? 1)
+            var (y0, y1) = (ys.min() ?? 1, ys.max() ?? 10)
+            if x1 <= x0 { (x0, x1) = (x0 - 0.05, x1 + 0.05) }
+            let padX = (x1 - x0) * 0.05
+            (x0, x1) = (max(0, x0 - padX), x1 + padX)
+            func fy(_ y: Double) -> Double { logY ? log10(y) : y }
+            var (v0, v1) = (fy(y0), fy(y1))
+            if v1 <= v0 { (v0, v1) = (v0 - 0.5, v1 + 0.5) }
+            let padY = (v1 - v0) * 0.06
+            (v0, v1) = (v0 - padY, v1 + padY)
+            if logY { (y0, y1) = (pow(10, v0), pow(10, v1)) } else { (y0, y1) = (v0, v1) }
+            let left = 78.0, top = subtitle.isEmpty ? 48.0 : 64.0, plotW = 560.0, plotH = 380.0
+            let legendX = left + plotW + 24
+            let legendChars = (series.map(\.label) + horizontals.map(\.label)).map(\.count).max() ?? 0
+            let width = max(legendX + 40 + 6.6 * Double(legendChars), 18 + 8.4 * Double(title.count), 18 + 7.2 * Double(subtitle.count)) + 12
+            let height = top + plotH + 64
+            func px(_ x: Double) -> Double { left + (x - x0) / (x1 - x0) * plotW }
+            func py(_ y: Double) -> Double { top + plotH - (fy(y) - v0) / (v1 - v0) * plotH }
+            var s = """
+                <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" \
+                font-family="Helvetica, Arial, sans-serif" font-size="11">
+                <rect width="100%" height="100%" fill="white"/>
+                <text x="18" y="22" font-size="14" font-weight="bold">\(escape(title))</text>
+                <text x="18" y="40" font-size="12">\(escape(subtitle))</text>
+
+                """
+            // Grid and ticks.
+            for t in Self.ticks(x0, x1) {
+                let x = px(t)
+                s += "<line x1=\"\(x)\" y1=\"\(top)\" x2=\"\(x)\" y2=\"\(top + plotH)\" stroke=\"#e6e6e6\"/>"
+                s += "<text x=\"\(x)\" y=\"\(top + plotH + 16)\" text-anchor=\"middle\">\(number(t))</text>\n"
+            }
+            var yTicks: [Double]
+            if logY {
+                yTicks = []
+                for e in Int(floor(v0))...Int(ceil(v1)) {
+                    for m in [1.0, 2, 5] where fy(m * pow(10, Double(e))) >= v0 && fy(m * pow(10, Double(e))) <= v1 { yTicks.append(m * pow(10, Double(e))) }
+                }
+            } else {
+                yTicks = Self.ticks(v0, v1)
+            }
+            for t in yTicks {
+                let y = py(t)
+                s += "<line x1=\"\(left)\" y1=\"\(y)\" x2=\"\(left + plotW)\" y2=\"\(y)\" stroke=\"#e6e6e6\"/>"
+                s += "<text x=\"\(left - 6)\" y=\"\(y + 4)\" text-anchor=\"end\">\(number(t))</text>\n"
+            }
+            s += "<rect x=\"\(left)\" y=\"\(top)\" width=\"\(plotW)\" height=\"\(plotH)\" fill=\"none\" stroke=\"black\"/>\n"
+            s += "<text x=\"\(left + plotW / 2)\" y=\"\(top + plotH + 40)\" text-anchor=\"middle\" font-size=\"12\">\(escape(xTitle))</text>\n"
+            s += "<text transform=\"translate(20 \(top + plotH / 2)) rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">\(escape(yTitle))</text>\n"
+            var legendY = top + 8
+            for (i, h) in horizontals.enumerated() where !logY || h.y > 0 {
+                let y = py(h.y)
+                s += "<line x1=\"\(left)\" y1=\"\(y)\" x2=\"\(left + plotW)\" y2=\"\(y)\" stroke=\"black\" stroke-dasharray=\"6 4\" stroke-width=\"1.2\"/>\n"
+                s += "<line x1=\"\(legendX)\" y1=\"\(legendY)\" x2=\"\(legendX + 28)\" y2=\"\(legendY)\" stroke=\"black\" stroke-dasharray=\"6 4\" stroke-width=\"1.2\"/>"
+                s += "<text x=\"\(legendX + 36)\" y=\"\(legendY + 4)\">\(escape(h.label))</text>\n"
+                legendY += 18
+                _ = i
+            }
+            for (i, series) in series.enumerated() {
+                let colour = Self.palette[i % Self.palette.count]
+                let points = series.points.filter { $0.x.isFinite && $0.y.isFinite && (!logY || $0.y > 0) }.sorted { $0.x < $1.x }
+                if series.joined, points.count > 1 {
+                    s += "<polyline fill=\"none\" stroke=\"\(colour)\" stroke-width=\"2\" points=\"" + points.map { "\(px($0.x)),\(py($0.y))" }.joined(separator: " ") + "\"/>\n"
+                }
+                for p in points {
+                    let (x, y) = (px(p.x), py(p.y))
+                    let tip = "<title>\(escape(series.label)): \(number(p.x)), \(number(p.y))</title>"
+                    if series.joined {
+                        s += "<circle cx=\"\(x)\" cy=\"\(y)\" r=\"3.5\" fill=\"\(colour)\">\(tip)</circle>\n"
+                    } else {
+                        s += "<path d=\"M\(x) \(y - 5)L\(x + 5) \(y)L\(x) \(y + 5)L\(x - 5) \(y)Z\" fill=\"white\" stroke=\"\(colour)\" stroke-width=\"2\">\(tip)</path>\n"
+                    }
+                }
+                if series.joined {
+                    s += "<line x1=\"\(legendX)\" y1=\"\(legendY)\" x2=\"\(legendX + 28)\" y2=\"\(legendY)\" stroke=\"\(colour)\" stroke-width=\"2\"/>"
+                    s += "<circle cx=\"\(legendX + 14)\" cy=\"\(legendY)\" r=\"3.5\" fill=\"\(colour)\"/>"
+                } else {
+                    let (x, y) = (legendX + 14, legendY)
+                    s += "<path d=\"M\(x) \(y - 5)L\(x + 5) \(y)L\(x) \(y + 5)L\(x - 5) \(y)Z\" fill=\"white\" stroke=\"\(colour)\" stroke-width=\"2\"/>"
+                }
+                s += "<text x=\"\(legendX + 36)\" y=\"\(legendY + 4)\">\(escape(series.label))</text>\n"
+                legendY += 18
+            }
+            return s + "</svg>\n"
+        }
+    }
+}

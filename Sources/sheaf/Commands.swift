@@ -25,6 +25,7 @@ let mainHelp = """
       calibrate MODEL   Per-layer Float64 Grams of the linear inputs on calibration text, layer by layer.
       compress MODEL    Compress a model into a Sheaf checkpoint with a method of \(methodNames).
       export DIR        A compressed checkpoint -> a dense HuggingFace folder.
+      sweep MODEL       Methods × budgets (× allocations) on one calibration: results and a frontier SVG.
       help [command]    Show help for a command.
 
     BACKENDS: --backend auto|cpu|opencl (or SHEAF_BACKEND). auto = an OpenCL GPU if present,

@@ -167,7 +167,7 @@ enum CompressCommand {
         guard length <= files.config.maxPositions else {
             throw UsageError(description: "--calib-len \(length) exceeds the model's context of \(files.config.maxPositions)")
         }
-        let calibFiles = !calib.isEmpty ? calib : protocolName == "W" ? [try CalibrateCommand.protocolWText()] : try CalibrateCommand.defaultCalibrationFiles()
+        let calibFiles = try calibrationFiles(calib, protocolName: protocolName)
         let text = try CalibrationWindows.joinedText(files: calibFiles)
         let tokenizer = try files.tokenizer()
         let windows = try CalibrationWindows.windows(tokenizer.encode(text), count: count, length: length)
@@ -187,16 +187,9 @@ enum CompressCommand {
         let result = try Compressor.compress(
             files: files, backend: backend, windows: windows, method: method, cache: cache, progress: { note("compress: " + $0) })
         let w0 = monotonicSeconds()
-        var textHash = SHA256()
-        Array(text.utf8).withUnsafeBytes { textHash.update($0) }
-        let provenance = CompressedCheckpoint.Provenance(
-            sheafVersion: version,
-            calibration: .init(
-                protocolName: a.value("calib-windows") == nil && a.value("calib-len") == nil && calib.isEmpty ? protocolName : nil,
-                windows: count,
-                length: length, files: calibFiles.sorted().map { ($0 as NSString).lastPathComponent },
-                textChecksum: SHA256.hex(textHash.finalize())),
-            sourceChecksum: try result.sourceChecksum ?? files.checksum())
+        let provenance = try provenance(
+            protocolName: a.value("calib-windows") == nil && a.value("calib-len") == nil && calib.isEmpty ? protocolName : nil,
+            windows: count, length: length, calibFiles: calibFiles, text: text, result: result, source: files)
         let manifest = try CompressedCheckpoint.write(
             result, source: files, provenance: provenance, to: out, replace: a.flag("force"), progress: { note("compress: " + $0) })
         let writeSeconds = monotonicSeconds() - w0
@@ -224,6 +217,26 @@ enum CompressCommand {
             peakResidentBytes: peakResidentBytes(), evaluation: evaluation)
         if a.flag("json") { try printJSON(report) } else { report.print() }
         return 0
+    }
+
+    /// The calibration text files: those given, else the protocol's (W: WikiText-2's held-out
+    /// tail; S and P: the Austen novels).
+    static func calibrationFiles(_ given: [String], protocolName: String) throws -> [String] {
+        !given.isEmpty ? given : protocolName == "W" ? [try CalibrateCommand.protocolWText()] : try CalibrateCommand.defaultCalibrationFiles()
+    }
+
+    /// What sheaf.json records about the calibration and the source.
+    static func provenance(
+        protocolName: String?, windows: Int, length: Int, calibFiles: [String], text: String, result: CompressionResult, source: ModelFiles
+    ) throws -> CompressedCheckpoint.Provenance {
+        var textHash = SHA256()
+        Array(text.utf8).withUnsafeBytes { textHash.update($0) }
+        return CompressedCheckpoint.Provenance(
+            sheafVersion: version,
+            calibration: .init(
+                protocolName: protocolName, windows: windows, length: length,
+                files: calibFiles.sorted().map { ($0 as NSString).lastPathComponent }, textChecksum: SHA256.hex(textHash.finalize())),
+            sourceChecksum: try result.sourceChecksum ?? source.checksum())
     }
 
     struct Report: Encodable {

@@ -19,6 +19,7 @@ do {
         case "generate": print(generateHelp)
         case "calibrate": print(calibrateHelp)
         case "export": print(exportHelp)
+        case "sweep": print(sweepHelp)
         default: print(mainHelp)
         }
         status = 0
@@ -29,6 +30,7 @@ do {
     case "bench": status = try Commands.bench(Array(args.dropFirst()))
     case "compress": status = try CompressCommand.run(Array(args.dropFirst()))
     case "export": status = try ExportCommand.run(Array(args.dropFirst()))
+    case "sweep": status = try SweepCommand.run(Array(args.dropFirst()))
     case "inspect": status = try ModelCommands.inspect(Array(args.dropFirst()))
     case "convert": status = try ModelCommands.convert(Array(args.dropFirst()))
     case "tokenize": status = try ModelCommands.tokenize(Array(args.dropFirst()))

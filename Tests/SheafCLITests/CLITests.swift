@@ -142,6 +142,68 @@ extension BackendSuites {
             }
         }
 
+        /// `sheaf sweep` on the real model (small calibration, one evaluation window): every
+        /// point in results.json/csv and on the frontier, the spectrum rank map kept, and a second
+        /// run over more budgets runs only the new point.
+        @Test func sweepWritesTheFrontierAndResumes() throws {
+            try RealFixtures.require(RealFixtures.modelPath)
+            let out = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-cli-sweep-\(getpid())").path
+            try? FileManager.default.removeItem(atPath: out)
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let reference = out + ".csv"
+            try "ratio,perplexity,label\n0.1,182.84,official\n".write(toFile: reference, atomically: true, encoding: .utf8)
+            let common = ["sweep", RealFixtures.modelPath, "--methods", "basis-sharing", "--matrices", "q", "--calib-windows", "4",
+                          "--calib-len", "128", "--eval-windows", "1", "--no-cache", "--backend", "cpu", "--reference", reference, "--out", out]
+            let first = try sheaf(common + ["--budgets", "0.01", "--allocate", "uniform,spectrum"])
+            #expect(first.status == 0, "\(first.stderr.suffix(500))")
+            struct Results: Decodable { var densePerplexity: Double; var points: [Point] }
+            struct Point: Decodable { var key: String; var achievedRatio: Double; var perplexity: Double }
+            let decoder = JSONDecoder()
+            decoder.keyDecodingStrategy = .convertFromSnakeCase
+            let r1 = try decoder.decode(Results.self, from: try Data(contentsOf: URL(fileURLWithPath: out + "/results.json")))
+            #expect(r1.points.map(\.key) == ["basis-sharing/uniform/0.01", "basis-sharing/spectrum/0.01"])
+            // q is 7.8% of SmolLM2's linear parameters: a budget of 1% of all of them.
+            #expect(r1.points.allSatisfy { abs($0.achievedRatio - 0.01) < 0.002 && $0.perplexity > r1.densePerplexity * 0.9 })
+            let csv = try String(contentsOfFile: out + "/results.csv", encoding: .utf8)
+            #expect(csv.split(separator: "\n").count == 3 && csv.hasPrefix("method,allocation,budget,achieved_ratio"))
+            let svg = try String(contentsOfFile: out + "/frontier.svg", encoding: .utf8)
+            for label in ["basis-sharing (uniform)", "basis-sharing (spectrum)", "official", "dense model"] { #expect(svg.contains(label), "frontier lacks \(label)") }
+            #expect(FileManager.default.fileExists(atPath: out + "/pictures/basis-sharing-spectrum-0.01-ranks.svg"))
+            let second = try sheaf(common + ["--budgets", "0.01,0.02", "--allocate", "spectrum"])
+            #expect(second.status == 0 && second.stderr.contains("2 points, 1 done, 1 to run"), "\(second.stderr.suffix(500))")
+            let r2 = try decoder.decode(Results.self, from: try Data(contentsOf: URL(fileURLWithPath: out + "/results.json")))
+            #expect(r2.points.count == 3 && r2.points.last?.key == "basis-sharing/spectrum/0.02")
+        }
+
+        /// What a sweep cannot run is one line before any work.
+        @Test func impossibleSweepsAreOneLine() throws {
+            try RealFixtures.require(RealFixtures.modelPath)
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-cli-sweep-bad-\(getpid())").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            try "ratio,perplexity,label\n0.1,abc,official\n".write(toFile: dir + "/bad.csv", atomically: true, encoding: .utf8)
+            try "not a sweep".write(toFile: dir + "/other.txt", atomically: true, encoding: .utf8)
+            let out = dir + "/out"
+            let cases: [([String], Int32, String)] = [
+                (["--methods", "basis-sharing", "--budgets", "1.2"], 2, "--budgets: '1.2' is not a fraction in (0, 1)"),
+                (["--methods", "basis-sharing", "--budgets", "0"], 2, "--budgets: '0' is not a fraction in (0, 1)"),
+                (["--methods", "swsc", "--budgets", "0.2"], 2, "swsc takes a bit budget, not a parameter budget"),
+                (["--methods", "nope", "--budgets", "0.2"], 2, "--methods: 'nope' is not a method"),
+                (["--methods", "basis-sharing", "--budgets", "0.2", "--allocate", "sensitivity"], 2, "--allocate: 'sensitivity' is not an allocator"),
+                (["--methods", "basis-sharing", "--budgets", "0.2", "--reference", dir + "/bad.csv"], 1, "line 2 is not 'ratio,perplexity,label'"),
+                (["--methods", "directshare", "--budgets", "0.3"], 1, "needs share rate"),
+                (["--methods", "basis-sharing", "--budgets", "0.2", "--matrices", "q"], 1, "a budget of 0.2 is more than q_proj hold"),
+            ]
+            for (args, status, expected) in cases {
+                let r = try sheaf(["sweep", RealFixtures.modelPath, "--out", out] + args)
+                #expect(r.status == status && r.stderr.contains(expected), "\(args): \(r.status) \(r.stderr)")
+                #expect(r.stderr.split(separator: "\n").count == 1, "\(args): \(r.stderr)")
+                #expect(!FileManager.default.fileExists(atPath: out))
+            }
+            let taken = try sheaf(["sweep", RealFixtures.modelPath, "--out", dir, "--methods", "basis-sharing", "--budgets", "0.2"])
+            #expect(taken.status == 1 && taken.stderr.contains("exists and holds no results.json"), "\(taken.stderr)")
+        }
+
         /// Found by scripts/fuzz: a control character from a broken file (a form feed in
         /// config.json) made the error two "lines" for a reader that splits on it. Errors are one
         /// printable line whatever the input holds.
