@@ -259,6 +259,12 @@ public final class HeadSharingMethod: CompressionMethod {
                     "rows_error_direct": .number(fit.rows.direct / fit.rows.energy), "rows_error_fitted": .number(fit.rows.fitted / fit.rows.energy),
                     "columns_error_direct": .number(fit.columns.direct / fit.columns.energy),
                     "columns_error_fitted": .number(fit.columns.fitted / fit.columns.energy), "fallback_shifts": .int(fit.fallbacks),
+                    "served_relative_errors": .array(zip(served, fit.perUnit).map { u, e in
+                        .object([
+                            "unit": unitJSON(u), "rows_direct": .number(e.rowsDirect), "rows_fitted": .number(e.rowsFitted),
+                            "columns_direct": .number(e.columnsDirect), "columns_fitted": .number(e.columnsFitted),
+                        ])
+                    }),
                 ]))
             }
             copies[r] = copy
@@ -310,7 +316,7 @@ public final class HeadSharingMethod: CompressionMethod {
             json["columns_error_fitted"] = .number(totals.fittedColumns / max(totals.columnEnergy, .leastNonzeroMagnitude))
         }
         notes.append("heat map: \(Self.pictureName) in the output folder")
-        let report = MethodReport(columns: [unitName == "kv group" ? "layer/group" : "layer/head", "best match", "similarity", "replaced"], rows: rows, notes: notes, json: .object(json))
+        let report = MethodReport(columns: [options.unit == .kvGroup ? "layer/group" : "layer/head", "best match", "similarity", "replaced"], rows: rows, notes: notes, json: .object(json))
         let picture = heatMap(units: units, best: best, reference: reference, asked: asked)
         return MethodOutput(modules: modules, tensors: tensors, report: report, files: [Self.pictureName: Data(picture.utf8)])
     }
@@ -348,6 +354,9 @@ public final class HeadSharingMethod: CompressionMethod {
         /// fitted one, and Σ_p tr(W_p·G_p·W_pᵀ), for the q/k/v rows and the o columns.
         var rows: (direct: Double, fitted: Double, energy: Double)
         var columns: (direct: Double, fitted: Double, energy: Double)
+        /// Per served unit, its own relative error ‖X_p(W − W_p)ᵀ‖²/‖X_p W_pᵀ‖² with either copy:
+        /// the sums above are led by the units whose inputs are largest.
+        var perUnit: [(rowsDirect: Double, rowsFitted: Double, columnsDirect: Double, columnsFitted: Double)]
         var fallbacks: Int
     }
 
@@ -376,7 +385,9 @@ public final class HeadSharingMethod: CompressionMethod {
         let rowTerms = served.map { (stackedRows($0), grams[$0.layer][.attention]!) }
         let columnTerms = served.map { (columnBlock(weights[$0.layer][.o]!, heads(of: .o, unit: $0.index)), sliceGram($0)) }
         var fallbacks = 0
-        func solve(_ terms: [(Matrix<Double>, Matrix<Double>)]) throws(SheafError) -> (fitted: Matrix<Double>, direct: Double, error: Double, energy: Double) {
+        func solve(_ terms: [(Matrix<Double>, Matrix<Double>)]) throws(SheafError)
+            -> (fitted: Matrix<Double>, direct: Double, error: Double, energy: Double, perUnit: [(direct: Double, fitted: Double)])
+        {
             var sum = terms[0].1, rhs = try LAPACK.multiply(terms[0].1, terms[0].0, transposeB: true)  // G·Wᵀ: (d, n)
             for (w, g) in terms.dropFirst() {
                 for i in 0..<sum.count { sum.values[i] += g.values[i] }
@@ -387,16 +398,20 @@ public final class HeadSharingMethod: CompressionMethod {
             if shift != 0 { fallbacks += 1 }
             let fitted = x.transposed
             var direct = 0.0, error = 0.0, energy = 0.0
+            var perUnit: [(direct: Double, fitted: Double)] = []
             for (w, g) in terms {
-                energy += try WhitenedSVD.quadraticTrace(w, g)
+                let own = try WhitenedSVD.quadraticTrace(w, g)
+                energy += own
+                var pair = (direct: 0.0, fitted: 0.0)
                 for (copy, into) in [(terms[0].0, 0), (fitted, 1)] {
                     var d = copy
                     for i in 0..<d.count { d.values[i] -= w.values[i] }
                     let e = max(0, try WhitenedSVD.quadraticTrace(d, g))
-                    if into == 0 { direct += e } else { error += e }
+                    if into == 0 { direct += e; pair.direct = e / own } else { error += e; pair.fitted = e / own }
                 }
+                perUnit.append(pair)
             }
-            return (fitted, direct, error, energy)
+            return (fitted, direct, error, energy, perUnit)
         }
         let rows = try solve(rowTerms), columns = try solve(columnTerms)
         // Split the stacked rows back into q, k, v.
@@ -408,7 +423,8 @@ public final class HeadSharingMethod: CompressionMethod {
             start += n
         }
         return Fit(
-            copy: copy, rows: (rows.direct, rows.error, rows.energy), columns: (columns.direct, columns.error, columns.energy), fallbacks: fallbacks)
+            copy: copy, rows: (rows.direct, rows.error, rows.energy), columns: (columns.direct, columns.error, columns.energy),
+            perUnit: zip(rows.perUnit, columns.perUnit).map { ($0.0.direct, $0.0.fitted, $0.1.direct, $0.1.fitted) }, fallbacks: fallbacks)
     }
 
     /// The modules and tensors: every q/k/v/o module with a replaced or lent head becomes

@@ -243,13 +243,12 @@ extension SVG {
             s += "<text x=\"\(left + plotW / 2)\" y=\"\(top + plotH + 40)\" text-anchor=\"middle\" font-size=\"12\">\(escape(xTitle))</text>\n"
             s += "<text transform=\"translate(20 \(top + plotH / 2)) rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">\(escape(yTitle))</text>\n"
             var legendY = top + 8
-            for (i, h) in horizontals.enumerated() where !logY || h.y > 0 {
+            for h in horizontals where !logY || h.y > 0 {
                 let y = py(h.y)
                 s += "<line x1=\"\(left)\" y1=\"\(y)\" x2=\"\(left + plotW)\" y2=\"\(y)\" stroke=\"black\" stroke-dasharray=\"6 4\" stroke-width=\"1.2\"/>\n"
                 s += "<line x1=\"\(legendX)\" y1=\"\(legendY)\" x2=\"\(legendX + 28)\" y2=\"\(legendY)\" stroke=\"black\" stroke-dasharray=\"6 4\" stroke-width=\"1.2\"/>"
                 s += "<text x=\"\(legendX + 36)\" y=\"\(legendY + 4)\">\(escape(h.label))</text>\n"
                 legendY += 18
-                _ = i
             }
             for (i, series) in series.enumerated() {
                 let colour = Self.palette[i % Self.palette.count]

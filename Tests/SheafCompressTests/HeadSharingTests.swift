@@ -142,7 +142,7 @@ extension BackendSuites {
         @Test(arguments: ["kv-group", "query-head"])
         func postShareLowersTheWeightedError(_ unit: String) throws {
             let source = try ModelFiles.open(try TinyModel.write(seed: 44, layers: 4))
-            let (post, _) = try Self.compress(source, method: "postshare", rate: 0.5, unit: unit)
+            let (post, postFiles) = try Self.compress(source, method: "postshare", rate: 0.5, unit: unit)
             let (direct, _) = try Self.compress(source, method: "directshare", rate: 0.5, unit: unit)
             #expect(Self.pairs(post).map { "\($0)" } == Self.pairs(direct).map { "\($0)" }, "the same pairs")
             let fits = post.output.report.json["fits"]!.arrayValue!
@@ -151,6 +151,22 @@ extension BackendSuites {
                 for part in ["rows", "columns"] {
                     let (d, p) = (f[part + "_error_direct"]!.doubleValue!, f[part + "_error_fitted"]!.doubleValue!)
                     #expect(p <= d * (1 + 1e-9) && d > 0, "\(part) of \(f["reference"]!): fitted \(p) vs direct \(d)")
+                }
+            }
+            // The export: a replaced head reads the same fitted copy as its reference, which is
+            // no longer the reference's original weights.
+            let c = source.config
+            let hf = try Self.exported(postFiles, tag: "post-\(unit)")
+            for p in Self.pairs(post) {
+                for t in [MatrixType.q, .k, .v, .o] {
+                    let (mine, theirs) = (Self.heads(t, unit: unit, index: p.unit.1, c), Self.heads(t, unit: unit, index: p.reference.1, c))
+                    for (h, r) in zip(mine, theirs) {
+                        let got = Self.head(try hf.float32(t.module(layer: p.unit.0) + ".weight"), t, h, c)
+                        let copy = Self.head(try hf.float32(t.module(layer: p.reference.0) + ".weight"), t, r, c)
+                        let original = Self.head(try source.float32(t.module(layer: p.reference.0) + ".weight"), t, r, c)
+                        let (same, fitted) = (got == copy, copy != original)
+                        #expect(same && fitted, "\(t) layer \(p.unit.0) head \(h): reads its reference's copy \(same), fitted \(fitted)")
+                    }
                 }
             }
             let json = post.output.report.json
