@@ -7,7 +7,8 @@
 /// greedily, the step with the most error removed per parameter first. The gains within a
 /// group fall (σ is sorted), so every greedy prefix is a Lagrangian solution: it removes the
 /// most error of all allocations that spend no more than it does. It stops at the first step
-/// that does not fit, so it ends within one rank step of the budget.
+/// that does not fit, so it ends within one rank step of the budget. A group may also be left
+/// dense (`Item.denseCost`) where its factors would cost as much as its weights.
 public enum RankAllocator {
     /// How a group's σ_j² are weighed against other groups'.
     public enum Normalisation: String, Sendable, CaseIterable {
@@ -25,38 +26,89 @@ public enum RankAllocator {
         public var cost: Int
         /// A fixed rank (`--rank TYPE=K`), not allocated but paid for.
         public var fixed: Int?
-        public init(energies: [Double], cost: Int, fixed: Int? = nil) { (self.energies, self.cost, self.fixed) = (energies, cost, fixed) }
-        var maxRank: Int { energies.count }
+        /// The parameters of the group left dense (n·d_in·d_out, error 0), when that is allowed:
+        /// then no rank whose factors cost as much is ever kept.
+        public var denseCost: Int?
+        public init(energies: [Double], cost: Int, fixed: Int? = nil, denseCost: Int? = nil) {
+            (self.energies, self.cost, self.fixed, self.denseCost) = (energies, cost, fixed, denseCost)
+        }
+        /// The largest rank worth factoring: below the dense cost when the group may stay dense.
+        var maxRank: Int {
+            guard let d = denseCost else { return energies.count }
+            return min(energies.count, (d - 1) / cost)
+        }
+    }
+
+    /// An item's allocation: a rank, or the group left dense.
+    public enum Choice: Sendable, Equatable {
+        case rank(Int)
+        case dense
+        public var rank: Int? { if case .rank(let k) = self { k } else { nil } }
     }
 
     /// Ranks in 1...energies.count (or the fixed one) whose total cost is at most `budget`
     /// parameters, nil when even rank 1 everywhere does not fit.
     public static func spectrum(_ items: [Item], budget: Int, normalisation: Normalisation) -> [Int]? {
+        precondition(items.allSatisfy { $0.denseCost == nil }, "items that may stay dense: use choices")
+        return choices(items, budget: budget, normalisation: normalisation)?.map { $0.rank! }
+    }
+
+    /// As `spectrum`, where an item with a `denseCost` may also be left dense. For such an item
+    /// the candidate steps are the next rank and the jump from its current rank to dense (all of
+    /// its remaining error for the parameters the jump adds); the best ratio among every item's
+    /// candidates is taken first; a jump that does not fit is withdrawn and the greedy goes on, so
+    /// it still ends within one rank step of the budget. With dense jumps the result is a (good)
+    /// greedy, not a proven optimum: a jump's ratio can exceed the rank steps before it.
+    public static func choices(_ items: [Item], budget: Int, normalisation: Normalisation) -> [Choice]? {
         var ranks = items.map { $0.fixed ?? 1 }
-        var spent = zip(items, ranks).reduce(0) { $0 + $1.0.cost * $1.1 }
-        guard spent <= budget, items.allSatisfy({ $0.maxRank >= 1 }) else { return nil }
+        // An item whose rank 1 would already cost its dense weights starts dense.
+        var dense = items.map { $0.fixed == nil && $0.denseCost != nil && $0.maxRank < 1 }
+        // A dense jump that did not fit is not offered again (smaller rank steps may still fit).
+        var jumpRefused = [Bool](repeating: false, count: items.count)
+        var spent = items.indices.reduce(0) { $0 + (dense[$1] ? items[$1].denseCost! : items[$1].cost * ranks[$1]) }
+        guard spent <= budget, items.allSatisfy({ $0.energies.count >= 1 && ($0.fixed != nil || $0.maxRank >= 1 || $0.denseCost != nil) }) else {
+            return nil
+        }
         let scale = items.map { item -> Double in
             let total = item.energies.reduce(0, +)
             return normalisation == .matrix && total > 0 ? 1 / total : 1
         }
-        // Error removed per parameter by the next rank of item i.
-        func gain(_ i: Int) -> Double {
-            guard items[i].fixed == nil, ranks[i] < items[i].maxRank else { return -.infinity }
-            return items[i].energies[ranks[i]] * scale[i] / Double(items[i].cost)
+        // Item i's best next step: (error removed per parameter, its cost, whether it goes dense).
+        func step(_ i: Int) -> (ratio: Double, cost: Int, toDense: Bool)? {
+            let item = items[i]
+            guard item.fixed == nil, !dense[i] else { return nil }
+            var best: (Double, Int, Bool)?
+            if ranks[i] < item.maxRank { best = (item.energies[ranks[i]] * scale[i] / Double(item.cost), item.cost, false) }
+            if let d = item.denseCost, !jumpRefused[i] {
+                let jump = d - ranks[i] * item.cost, tail = item.energies.dropFirst(ranks[i]).reduce(0, +) * scale[i]
+                if jump > 0, best == nil || tail / Double(jump) > best!.0 { best = (tail / Double(jump), jump, true) }
+            }
+            return best
         }
-        var gains = items.indices.map(gain)
+        var steps = items.indices.map(step)
         while true {
             var best = -1
-            for i in gains.indices where gains[i] > -.infinity && (best < 0 || gains[i] > gains[best]) { best = i }
-            guard best >= 0, spent + items[best].cost <= budget else { break }
-            ranks[best] += 1
-            spent += items[best].cost
-            gains[best] = gain(best)
+            for i in steps.indices where steps[i] != nil && (best < 0 || steps[i]!.ratio > steps[best]!.ratio) { best = i }
+            guard best >= 0 else { break }
+            if spent + steps[best]!.cost > budget {
+                guard steps[best]!.toDense else { break }
+                jumpRefused[best] = true
+                steps[best] = step(best)
+                continue
+            }
+            spent += steps[best]!.cost
+            if steps[best]!.toDense { dense[best] = true } else { ranks[best] += 1 }
+            steps[best] = step(best)
         }
-        return ranks
+        return items.indices.map { dense[$0] ? .dense : .rank(ranks[$0]) }
     }
 
-    /// Σ over items of the normalised energy discarded at `ranks`.
+    /// The parameters `choices` spend.
+    public static func cost(_ items: [Item], _ choices: [Choice]) -> Int {
+        zip(items, choices).reduce(0) { sum, p in sum + (p.1.rank.map { $0 * p.0.cost } ?? p.0.denseCost!) }
+    }
+
+    /// Σ over items of the normalised energy discarded at `ranks` (a dense item: rank = all).
     public static func discarded(_ items: [Item], ranks: [Int], normalisation: Normalisation) -> Double {
         zip(items, ranks).reduce(0) { sum, pair in
             let (item, k) = pair, total = item.energies.reduce(0, +)

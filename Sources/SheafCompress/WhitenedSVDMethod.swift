@@ -170,6 +170,8 @@ public final class WhitenedSVDMethod: CompressionMethod {
     public struct Allocation: Sendable {
         public var budget: Int
         public var spent: Int
+        /// Groups whose factors would cost as much as their weights: left dense.
+        public var denseGroups: [(type: MatrixType, layers: [Int])]
         public var discarded: Double
         public var uniformDiscarded: Double
     }
@@ -186,16 +188,19 @@ public final class WhitenedSVDMethod: CompressionMethod {
         for g in groups {
             let (dOut, dIn) = g.type.shape(c), n = g.layers.count
             dense += n * dOut * dIn
-            items.append(.init(energies: g.singularValues.map { $0 * $0 }, cost: dIn + n * dOut, fixed: options.rankOverrides[g.type]))
+            let fixed = options.rankOverrides[g.type]
+            items.append(.init(energies: g.singularValues.map { $0 * $0 }, cost: dIn + n * dOut, fixed: fixed, denseCost: fixed == nil ? n * dOut * dIn : nil))
         }
         let budget = Int((Double(dense) * (1 - options.ratio)).rounded(.down))
-        guard let ranks = RankAllocator.spectrum(items, budget: budget, normalisation: options.normalisation) else {
+        guard let choices = RankAllocator.choices(items, budget: budget, normalisation: options.normalisation) else {
             throw .invalidArgument(op: "compress \(name)", detail: "--budget \(options.ratio) leaves fewer than one rank per matrix group: lower it")
         }
+        // A group left dense keeps its weights: no module, no factors.
+        let ranks = zip(items, choices).map { $1.rank ?? $0.energies.count }
         let uniform = plan.groups.map {
             options.rankOverrides[$0.type] ?? MatrixType.rank(dIn: $0.type.shape(c).dIn, dOut: $0.type.shape(c).dOut, layers: $0.layers.count, ratio: options.ratio)
         }
-        for (i, k) in ranks.enumerated() {
+        for (i, k) in ranks.enumerated() where choices[i] != .dense {
             var g = groups[i]
             let dIn = g.basisT.cols, full = g.rank
             g.basisT = Matrix(unchecked: k, dIn, Array(g.basisT.values.prefix(k * dIn)))
@@ -207,9 +212,12 @@ public final class WhitenedSVDMethod: CompressionMethod {
             g.error = total > 0 ? tail / total : 0
             groups[i] = g
         }
-        context.progress("spectrum allocation: \(ranks.reduce(0, +)) ranks over \(groups.count) groups for \(budget) parameters")
+        let denseGroups = groups.indices.filter { choices[$0] == .dense }.map { (groups[$0].type, groups[$0].layers) }
+        groups = groups.indices.filter { choices[$0] != .dense }.map { groups[$0] }
+        context.progress("spectrum allocation: \(zip(ranks, choices).filter { $1 != .dense }.reduce(0) { $0 + $1.0 }) ranks over \(groups.count) groups, "
+            + "\(denseGroups.count) groups left dense, for \(budget) parameters")
         return Allocation(
-            budget: budget, spent: zip(items, ranks).reduce(0) { $0 + $1.0.cost * $1.1 },
+            budget: budget, spent: RankAllocator.cost(items, choices), denseGroups: denseGroups,
             discarded: RankAllocator.discarded(items, ranks: ranks, normalisation: options.normalisation),
             uniformDiscarded: RankAllocator.discarded(items, ranks: uniform.map { max($0, 1) }, normalisation: options.normalisation))
     }
@@ -249,7 +257,8 @@ public final class WhitenedSVDMethod: CompressionMethod {
         var notes = ["whitening fallbacks \(fallbacks)"]
         if let a = allocation {
             notes.append(
-                "spectrum allocation: \(a.spent) of \(a.budget) budgeted parameters, normalised error left \(scientific(a.discarded)) "
+                "spectrum allocation: \(a.spent) of \(a.budget) budgeted parameters, \(a.denseGroups.count) groups left dense "
+                    + "(\(Set(a.denseGroups.map(\.type.rawValue)).sorted().joined(separator: ","))), normalised error left \(scientific(a.discarded)) "
                     + "(uniform rule \(scientific(a.uniformDiscarded))); rank map \(Self.rankPictureName)")
         }
         if refit { notes.append("refit ridges \(refitRidges)") }
@@ -259,6 +268,7 @@ public final class WhitenedSVDMethod: CompressionMethod {
                 .object([
                     "budget": .int(a.budget), "spent": .int(a.spent), "discarded": .number(a.discarded),
                     "uniform_discarded": .number(a.uniformDiscarded), "normalisation": .string(options.normalisation.rawValue),
+                    "dense_groups": .array(a.denseGroups.map { .object(["type": .string($0.type.rawValue), "layers": .array($0.layers.map(JSONValue.int))]) }),
                 ])
             } ?? .null,
             "groups": .array(groups.map { g in

@@ -75,6 +75,31 @@ import Testing
     }
 }
 
+extension RankAllocatorTests {
+    /// A group may be left dense: it never keeps a rank whose factors cost as much as its
+    /// weights, the budget holds, and a flat spectrum (nothing to gain from low rank) goes dense
+    /// before a steep one loses its leading ranks.
+    @Test func denseWhenFactorsCostMore() throws {
+        var rng = SplitMix64(seed: 9)
+        for _ in 0..<200 {
+            let items = (0..<3).map { _ -> Item in
+                let count = 3 + Int(rng.next() % 6)
+                let e = (0..<count).map { _ in Double(rng.next() % 1000) + 1 }.sorted(by: >)
+                let cost = 2 + Int(rng.next() % 4)
+                return Item(energies: e, cost: cost, denseCost: cost * (1 + Int(rng.next() % UInt64(count + 2))))
+            }
+            for budget in stride(from: items.reduce(0) { $0 + $1.cost }, through: items.reduce(0) { $0 + $1.denseCost! }, by: 3) {
+                let c = try #require(RankAllocator.choices(items, budget: budget, normalisation: .matrix))
+                #expect(RankAllocator.cost(items, c) <= budget)
+                for (item, choice) in zip(items, c) { if let k = choice.rank { #expect(k >= 1 && k * item.cost < item.denseCost!) } }
+            }
+        }
+        let flat = Item(energies: [1, 1, 1, 1], cost: 4, denseCost: 10), steep = Item(energies: [100, 1, 0.5, 0.1], cost: 4, denseCost: 14)
+        #expect(RankAllocator.choices([flat, steep], budget: 14, normalisation: .matrix) == [.dense, .rank(1)])
+        #expect(RankAllocator.choices([flat, steep], budget: 24, normalisation: .matrix) == [.dense, .dense])
+    }
+}
+
 extension BackendSuites {
     @Suite struct SpectrumAllocation {
         typealias F = CompressFixture
@@ -102,10 +127,16 @@ extension BackendSuites {
                 for g in m.groups {
                     let full = min(g.type.shape(c).dIn, g.layers.count * g.type.shape(c).dOut)
                     #expect(g.rank >= 1 && g.rank <= full)
+                    // Never factors that cost as much as the weights they replace.
+                    #expect(g.rank * (g.type.shape(c).dIn + g.layers.count * g.type.shape(c).dOut) < g.layers.count * g.type.shape(c).dOut * g.type.shape(c).dIn)
                     let tail = g.singularValues.dropFirst(g.rank).reduce(0) { $0 + $1 * $1 }, total = g.singularValues.reduce(0) { $0 + $1 * $1 }
                     #expect(abs(g.error - tail / total) <= 1e-12)
                 }
                 #expect(a.discarded <= a.uniformDiscarded)
+                // Groups left dense are absent from the checkpoint's modules, the rest are low-rank.
+                let modules = files.manifest!.modules
+                for d in a.denseGroups { for l in d.layers { #expect(modules[d.type.module(layer: l)] == nil) } }
+                #expect(modules.count + a.denseGroups.reduce(0) { $0 + $1.layers.count } == 7 * c.layerCount)
                 #expect(FileManager.default.fileExists(atPath: files.path + "/" + WhitenedSVDMethod.rankPictureName))
                 // The truncated factors are what the checkpoint runs.
                 let model = try LlamaModel(files: files, backend: Backends.cpu)
