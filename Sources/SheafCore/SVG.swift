@@ -32,6 +32,18 @@ public enum SVG {
         return String(format: "#%02x%02x%02x", mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
     }
 
+    /// The opening of a picture: its size, a white background, a bold title and a subtitle line.
+    static func header(width: Double, height: Double, title: String, subtitle: String) -> String {
+        """
+        <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" \
+        font-family="Helvetica, Arial, sans-serif" font-size="11">
+        <rect width="100%" height="100%" fill="white"/>
+        <text x="18" y="22" font-size="14" font-weight="bold">\(escape(title))</text>
+        <text x="18" y="40" font-size="12">\(escape(subtitle))</text>
+
+        """
+    }
+
     /// Four significant digits, without trailing zeros.
     static func number(_ x: Double) -> String { String(format: "%.4g", x) }
 
@@ -77,14 +89,7 @@ public enum SVG {
             let legendRight: Double = left + 20 + 6.6 * Double(max(markLabel.count, emptyLabel.count, dotLabel.count))
             let textRight = max(titleRight, subtitleRight, legendRight)
             let width = max(barX + barW + 104, textRight) + 12, height = top + plotH + 114
-            var s = """
-                <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" \
-                font-family="Helvetica, Arial, sans-serif" font-size="11">
-                <rect width="100%" height="100%" fill="white"/>
-                <text x="18" y="22" font-size="14" font-weight="bold">\(escape(title))</text>
-                <text x="18" y="40" font-size="12">\(escape(subtitle))</text>
-
-                """
+            var s = SVG.header(width: width, height: height, title: title, subtitle: subtitle)
             for r in 0..<rows {
                 for c in 0..<cols {
                     let x = left + Double(c) * cellW, y = top + Double(r) * cellH
@@ -211,14 +216,7 @@ extension SVG {
             let height = top + plotH + 64
             func px(_ x: Double) -> Double { left + (x - x0) / (x1 - x0) * plotW }
             func py(_ y: Double) -> Double { top + plotH - (fy(y) - v0) / (v1 - v0) * plotH }
-            var s = """
-                <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" \
-                font-family="Helvetica, Arial, sans-serif" font-size="11">
-                <rect width="100%" height="100%" fill="white"/>
-                <text x="18" y="22" font-size="14" font-weight="bold">\(escape(title))</text>
-                <text x="18" y="40" font-size="12">\(escape(subtitle))</text>
-
-                """
+            var s = SVG.header(width: width, height: height, title: title, subtitle: subtitle)
             // Grid and ticks.
             for t in Self.ticks(x0, x1) {
                 let x = px(t)
