@@ -13,7 +13,7 @@ let sweepHelp = """
                        [--backend auto|cpu|opencl] [METHOD OPTIONS]
 
     Compresses MODEL with every method of --methods (those that aim at a parameter budget:
-    \\(MethodRegistry.standard.entries.filter { $0.budget != nil }.map(\\.name).joined(separator: ", ")))
+    \(MethodRegistry.standard.entries.filter { $0.budget != nil }.map(\.name).joined(separator: ", ")))
     at every budget of --budgets (fractions of the linear parameters to remove, each in (0, 1)),
     with every allocation of --allocate (uniform, spectrum: for the methods that take
     --allocate; default uniform), evaluates each point on WikiText-2 test (Protocol S: 32 windows
@@ -25,10 +25,10 @@ let sweepHelp = """
                                   the points of --reference FILE (CSV: ratio,perplexity,label)
       pictures/                   each point's own pictures (rank maps, head similarity)
     The calibration (--protocol S: Austen; W: WikiText-2's held-out tail; 128 windows of 512
-    tokens, or --calib-windows × --calib-len) runs once: its Grams
-    are cached (unless --no-cache: then each point calibrates) and every later point reads them. A killed sweep continues where it stopped:
-    points already in DIR/results.json are not run again. Options of the methods (e.g.
-    --group-size 2, --unit query-head) go to every method that takes them. --keep keeps each
+    tokens, or --calib-windows × --calib-len) runs once: its Grams are cached (unless --no-cache:
+    then each point calibrates) and every later point reads them. A killed sweep continues where
+    it stopped: points already in DIR/results.json are not run again. Options of the methods
+    (e.g. --group-size 2, --unit query-head) go to every method that takes them. --keep keeps each
     point's checkpoint in DIR/points/.
     """
 
