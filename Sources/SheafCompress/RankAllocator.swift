@@ -47,10 +47,11 @@ public enum RankAllocator {
     }
 
     /// Ranks in 1...energies.count (or the fixed one) whose total cost is at most `budget`
-    /// parameters, nil when even rank 1 everywhere does not fit.
+    /// parameters, nil when even rank 1 everywhere does not fit. Every group keeps a rank: a
+    /// `denseCost` is not offered here (`choices` offers it).
     public static func spectrum(_ items: [Item], budget: Int, normalisation: Normalisation) -> [Int]? {
-        precondition(items.allSatisfy { $0.denseCost == nil }, "items that may stay dense: use choices")
-        return choices(items, budget: budget, normalisation: normalisation)?.map { $0.rank! }
+        let ranked = items.map { Item(energies: $0.energies, cost: $0.cost, fixed: $0.fixed) }
+        return choices(ranked, budget: budget, normalisation: normalisation)?.compactMap(\.rank)
     }
 
     /// As `spectrum`, where an item with a `denseCost` may also be left dense. For such an item
