@@ -419,7 +419,7 @@ public final class HeadSharingMethod: CompressionMethod {
         var start = 0
         for t in rowTypes {
             let n = heads(of: t, unit: r.index).count * config.headDim
-            copy[t] = Matrix(unchecked: n, rows.fitted.cols, Array(rows.fitted.values[start * rows.fitted.cols..<(start + n) * rows.fitted.cols]))
+            copy[t] = Self.rows(rows.fitted, start..<start + n)
             start += n
         }
         return Fit(
