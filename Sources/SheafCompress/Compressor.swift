@@ -31,7 +31,7 @@ public enum Compressor {
         guard files.manifest == nil else {
             throw .invalidArgument(op: "compress", detail: "\(files.path) is already a compressed checkpoint: compress its source model instead")
         }
-        let context = CompressionContext(
+        var context = CompressionContext(
             files: files, loader: WeightLoader(files: files, backend: backend), backend: backend, windows: windows, progress: progress)
         var methodSeconds = 0.0
         let t0 = monotonicSeconds()
@@ -52,6 +52,8 @@ public enum Compressor {
             for i in 0..<c.layerCount { try onLayer(i, nil) }
         case .inputGrams:
             checksum = try cache.map { (_) throws(SheafError) in try files.checksum() }
+            context.cache = cache
+            context.gramKey = checksum.map { GramCache.key(modelChecksum: $0, backend: backend, windows: windows) }
             fromCache = try calibrate(
                 files: files, backend: backend, windows: windows, cache: cache, checksum: checksum, progress: progress, onLayer: onLayer)
         }

@@ -12,6 +12,10 @@ public struct FactoredGroup: Sendable {
     public var coefficientsT: [Matrix<Float>]
     /// All singular values of the (whitened) stacked matrix, descending.
     public var singularValues: [Double]
+    /// Per layer position i and direction j: σ_j²·‖V_ij‖², the part of direction j's energy that
+    /// serves layer i (V_ij: layer i's rows of the right singular vector j). Layer i's own
+    /// calibration error at rank k is Σ_{j ≥ k} of its row, its ‖XᵢWᵢᵀ‖² the row's total.
+    public var layerEnergies: [[Double]]
     public var energy: Double
     public var error: Double
     /// After a coefficient refit: the same error measured with the inputs of the compressed
@@ -19,6 +23,29 @@ public struct FactoredGroup: Sendable {
     public var refitError: Double?
     public var whiteningFallback: Bool
     public var rank: Int { basisT.rows }
+
+    /// Layer position i's relative calibration error ‖Xᵢ(Wᵢ − Ŵᵢ)ᵀ‖²/‖XᵢWᵢᵀ‖² at rank k.
+    public func layerError(_ i: Int, rank k: Int) -> Double {
+        let row = layerEnergies[i], total = row.reduce(0, +)
+        return total > 0 ? row.dropFirst(k).reduce(0, +) / total : 0
+    }
+
+    /// The same factors cut to their first k ranks (k ≤ rank), with energy and error read off
+    /// the spectrum; the spectrum and per-layer energies are kept whole.
+    public func truncated(to k: Int) -> FactoredGroup {
+        var g = self
+        let dIn = basisT.cols, full = rank
+        g.basisT = Matrix(unchecked: k, dIn, Array(basisT.values.prefix(k * dIn)))
+        g.coefficientsT = coefficientsT.map { m in
+            var values = [Float](repeating: 0, count: m.rows * k)
+            for r in 0..<m.rows { for j in 0..<k { values[r * k + j] = m.values[r * full + j] } }
+            return Matrix(unchecked: m.rows, k, values)
+        }
+        let total = singularValues.reduce(0) { $0 + $1 * $1 }, tail = singularValues.dropFirst(k).reduce(0) { $0 + $1 * $1 }
+        g.energy = total > 0 ? 1 - tail / total : 1
+        g.error = total > 0 ? tail / total : 0
+        return g
+    }
 
     /// Wᵢ ≈ Cᵢᵀ·Bᵀ: (dOut, dIn) for layer position `index` in the group.
     public func reconstruction(_ index: Int) throws(SheafError) -> Matrix<Double> {
@@ -90,9 +117,17 @@ public enum WhitenedSVD {
             for r in 0..<dOut { for j in 0..<rank { c[r, j] = Float(uA[i * dOut + r, j]) } }
             coefficients.append(c)
         }
+        var layerEnergies = [[Double]](repeating: [Double](repeating: 0, count: s.count), count: n)
+        for i in 0..<n {
+            for r in 0..<dOut {
+                let row = (i * dOut + r) * uA.cols
+                for j in 0..<min(s.count, uA.cols) { layerEnergies[i][j] += uA.values[row + j] * uA.values[row + j] }
+            }
+            for j in 0..<s.count { layerEnergies[i][j] *= s[j] * s[j] }
+        }
         let total = s.reduce(0) { $0 + $1 * $1 }, kept = s.prefix(rank).reduce(0) { $0 + $1 * $1 }
         var group = FactoredGroup(
-            type: type, layers: layers, basisT: y.asFloat, coefficientsT: coefficients, singularValues: s,
+            type: type, layers: layers, basisT: y.asFloat, coefficientsT: coefficients, singularValues: s, layerEnergies: layerEnergies,
             energy: total > 0 ? kept / total : 1, error: 0, whiteningFallback: fallback)
         group.error = try weightedError(group, weights: weights, grams: grams)
         return group

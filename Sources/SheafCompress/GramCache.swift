@@ -69,6 +69,25 @@ public struct GramCache: Sendable {
         return out
     }
 
+    /// A method's own measurement stored beside the Grams of `key` (e.g. the sensitivity
+    /// probes), nil when absent. Written atomically by `writeExtra`.
+    public func extra(_ key: String, name: String) -> Data? {
+        FileManager.default.contents(atPath: folder(key) + "/" + name)
+    }
+
+    /// Stores `data` as `name` beside the complete Grams of `key` (temporary name, then rename).
+    public func writeExtra(_ key: String, name: String, _ data: Data) throws(SheafError) {
+        let path = folder(key) + "/" + name, partial = path + ".partial-\(getpid())"
+        do {
+            try data.write(to: URL(fileURLWithPath: partial))
+            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+            try FileManager.default.moveItem(atPath: partial, toPath: path)
+        } catch {
+            try? FileManager.default.removeItem(atPath: partial)
+            throw .io(path: path, detail: "cannot write beside the cached Grams: \(error.localizedDescription)")
+        }
+    }
+
     /// Writes the layers of one key into a temporary folder; `finish` renames it into place.
     public final class Writer {
         let target: String, partial: String

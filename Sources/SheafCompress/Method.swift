@@ -78,6 +78,10 @@ public struct CompressionContext {
     public let backend: any Backend
     public let windows: [[Int32]]
     public let progress: (String) -> Void
+    /// The Gram cache and this calibration's key in it, when the Grams are cached: a method may
+    /// keep its own measurements beside them (`GramCache.extra`).
+    public var cache: GramCache?
+    public var gramKey: String?
     public var config: ModelConfig { files.config }
 
     /// W of `type` in layer `layer` (dOut, dIn), shape- and NaN-checked.

@@ -104,6 +104,104 @@ public enum RankAllocator {
         return items.indices.map { dense[$0] ? .dense : .rank(ranks[$0]) }
     }
 
+    /// `gains` made non-increasing by pooling adjacent violators: each run that rises is
+    /// replaced by its mean, so the cumulative sum becomes the least concave majorant of the
+    /// original's (the same total). A group whose per-layer weights differ (a shared basis whose
+    /// directions serve its layers unequally) can have rising weighted gains; the greedy's
+    /// one-step look-ahead would stop in front of such a rise, on the ironed gains it sees the
+    /// rise's average.
+    public static func ironed(_ gains: [Double]) -> [Double] {
+        var blocks: [(sum: Double, count: Int)] = []
+        for g in gains {
+            blocks.append((g, 1))
+            while blocks.count > 1, blocks[blocks.count - 2].sum / Double(blocks[blocks.count - 2].count) < blocks[blocks.count - 1].sum / Double(blocks[blocks.count - 1].count) {
+                let last = blocks.removeLast()
+                blocks[blocks.count - 1].sum += last.sum
+                blocks[blocks.count - 1].count += last.count
+            }
+        }
+        return blocks.flatMap { [Double](repeating: $0.sum / Double($0.count), count: $0.count) }
+    }
+
+    /// How one set of layers of one matrix type may be covered: by item `item` (one group over
+    /// all of them), or, when `parts` is not empty, by the parts instead (smaller groups over
+    /// the same layers, each again a choice).
+    public struct Cover: Sendable {
+        public var item: Int
+        public var parts: [Cover]
+        public init(item: Int, parts: [Cover] = []) { (self.item, self.parts) = (item, parts) }
+
+        /// The items of the cover that `split` chooses (a cover missing from it is used whole).
+        func chosen(_ split: Set<Int>) -> [Int] {
+            split.contains(item) ? parts.flatMap { $0.chosen(split) } : [item]
+        }
+    }
+
+    /// Chooses how to cover each of `covers` (where to share a basis and over how many layers)
+    /// and then the ranks of the chosen items (`choices`) for `budget` parameters. The cover is
+    /// chosen by Lagrangian relaxation: at a price λ per parameter each item's best is
+    /// min(min_k (error left at rank k + λ·k·cost), λ·denseCost), a cover takes itself or its
+    /// parts, whichever is cheaper, and λ is bisected to the smallest price whose covers fit the
+    /// budget. Every item's energies must be normalised already (they are summed as they are).
+    /// Returns, per item, nil when not chosen, else its choice; nil when nothing fits.
+    public static func covered(_ items: [Item], covers: [Cover], budget: Int) -> [Choice?]? {
+        // Prefix sums of error left: tails[i][k] = Σ_{j ≥ k} energies[j].
+        let tails = items.map { item -> [Double] in
+            var t = [Double](repeating: 0, count: item.energies.count + 1)
+            for j in stride(from: item.energies.count - 1, through: 0, by: -1) { t[j] = t[j + 1] + item.energies[j] }
+            return t
+        }
+        // Item i at price λ: (Lagrangian value, parameters spent).
+        func best(_ i: Int, _ lambda: Double) -> (value: Double, spent: Int) {
+            let item = items[i]
+            if let k = item.fixed { return (tails[i][k] + lambda * Double(k * item.cost), k * item.cost) }
+            var top: (Double, Int) = item.denseCost.map { (lambda * Double($0), $0) } ?? (.infinity, 0)
+            for k in 1...max(1, item.maxRank) where k <= item.energies.count {
+                let v = tails[i][k] + lambda * Double(k * item.cost)
+                if v < top.0 { top = (v, k * item.cost) }
+            }
+            return top
+        }
+        // A cover at price λ: (value, spent, covers split into their parts).
+        func solve(_ c: Cover, _ lambda: Double, _ split: inout Set<Int>) -> (Double, Int) {
+            let whole = best(c.item, lambda)
+            guard !c.parts.isEmpty else { return whole }
+            var partSplit = Set<Int>(), value = 0.0, spent = 0
+            for p in c.parts {
+                let r = solve(p, lambda, &partSplit)
+                value += r.0
+                spent += r.1
+            }
+            if value < whole.value {
+                split.insert(c.item)
+                split.formUnion(partSplit)
+                return (value, spent)
+            }
+            return whole
+        }
+        func split(at lambda: Double) -> (Set<Int>, Int) {
+            var s = Set<Int>(), spent = 0
+            for c in covers { spent += solve(c, lambda, &s).1 }
+            return (s, spent)
+        }
+        // The largest useful price: every step's error per parameter is below it.
+        let most = items.indices.reduce(0.0) { m, i in max(m, tails[i][0] / Double(max(1, items[i].cost))) } * 4 + 1e-300
+        guard split(at: most).1 <= budget else { return nil }
+        var (lo, hi) = (0.0, most)
+        if split(at: lo).1 > budget {
+            for _ in 0..<100 {
+                let mid = (lo + hi) / 2
+                if split(at: mid).1 <= budget { hi = mid } else { lo = mid }
+            }
+        } else { hi = 0 }
+        let chosenSplit = split(at: hi).0
+        let chosen = covers.flatMap { $0.chosen(chosenSplit) }
+        guard let picks = choices(chosen.map { items[$0] }, budget: budget, normalisation: .none) else { return nil }
+        var out = [Choice?](repeating: nil, count: items.count)
+        for (i, pick) in zip(chosen, picks) { out[i] = pick }
+        return out
+    }
+
     /// The parameters `choices` spend.
     public static func cost(_ items: [Item], _ choices: [Choice]) -> Int {
         zip(items, choices).reduce(0) { sum, p in sum + (p.1.rank.map { $0 * p.0.cost } ?? p.0.denseCost!) }

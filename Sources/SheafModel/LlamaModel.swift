@@ -18,6 +18,32 @@ public final class DecoderLayer: @unchecked Sendable {
         self.inputNorm = inputNorm
         self.postAttentionNorm = postAttentionNorm
     }
+
+    /// The linear layer of one matrix type (a probe swaps one and puts it back).
+    public subscript(type: MatrixType) -> any LinearLayer {
+        get {
+            switch type {
+            case .q: q
+            case .k: k
+            case .v: v
+            case .o: o
+            case .gate: gate
+            case .up: up
+            case .down: down
+            }
+        }
+        set {
+            switch type {
+            case .q: q = newValue
+            case .k: k = newValue
+            case .v: v = newValue
+            case .o: o = newValue
+            case .gate: gate = newValue
+            case .up: up = newValue
+            case .down: down = newValue
+            }
+        }
+    }
 }
 
 /// The Llama-family decoder (llama, mistral, qwen2, SmolLM): token embedding, per layer
@@ -276,13 +302,43 @@ public final class LlamaModel: @unchecked Sendable {
         return try backend.download(out)
     }
 
+    /// The residual stream (tokens, hidden) of one sequence entering decoder layer `layer`
+    /// (the embedding for layer 0): a probe that changes layer `layer` alone resumes from it.
+    public func residual(_ tokens: [Int32], entering layer: Int) throws(SheafError) -> MatrixView {
+        guard layer >= 0, layer <= layers.count else { throw .invalidArgument(op: "residual", detail: "layer \(layer) of \(layers.count)") }
+        let a = try Activations(backend, tokens: tokens.count, config)
+        try backend.add(try embed(tokens), into: a.hidden)
+        for i in 0..<layer { try Self.block(layers[i], a, config: config, backend: backend, position: 0) }
+        return a.hidden
+    }
+
+    /// Runs decoder layer `layer` on a residual stream (tokens, hidden) in place: the stream then
+    /// enters layer `layer + 1`.
+    public func advance(_ residual: MatrixView, through layer: Int) throws(SheafError) {
+        let a = try Activations(backend, tokens: residual.rows, config, hidden: residual)
+        try Self.block(layers[layer], a, config: config, backend: backend, position: 0)
+    }
+
     /// Negative log-likelihoods of tokens[1...] given their prefixes (tokens.count − 1
     /// values). The head runs in chunks of `chunkRows` rows so a 2048-token window never holds
-    /// all 2048 × vocabulary logits at once.
-    public func nextTokenNLL(_ tokens: [Int32], chunkRows: Int = 256) throws(SheafError) -> [Float] {
+    /// all 2048 × vocabulary logits at once. With `residual` (the stream entering layer
+    /// `layer`, from `residual(_:entering:)`; left unchanged) only layers `layer...` run.
+    public func nextTokenNLL(_ tokens: [Int32], chunkRows: Int = 256, resuming residual: MatrixView? = nil, at layer: Int = 0) throws(SheafError) -> [Float] {
         guard tokens.count >= 2 else { throw .invalidArgument(op: "nextTokenNLL", detail: "need at least 2 tokens, got \(tokens.count)") }
         guard chunkRows > 0 else { throw .invalidArgument(op: "nextTokenNLL", detail: "chunkRows must be positive, got \(chunkRows)") }
-        let h = try hiddenStates(tokens)
+        let h: MatrixView
+        if let residual {
+            guard residual.rows == tokens.count, residual.cols == config.hiddenSize, layer >= 0, layer <= layers.count else {
+                throw .shapeMismatch(op: "nextTokenNLL", detail: "a (\(residual.rows), \(residual.cols)) residual at layer \(layer) for \(tokens.count) tokens")
+            }
+            let a = try Activations(backend, tokens: tokens.count, config)
+            try backend.add(residual, into: a.hidden)
+            for i in layer..<layers.count { try Self.block(layers[i], a, config: config, backend: backend, position: 0) }
+            try backend.rmsNorm(a.hidden, weight: finalNorm, eps: Float(config.rmsNormEps), into: a.normed)
+            h = a.normed
+        } else {
+            h = try hiddenStates(tokens)
+        }
         let predictions = tokens.count - 1
         let logits = try backend.zeros(.float32, rows: min(chunkRows, predictions), cols: config.vocabularySize)
         var nll: [Float] = []

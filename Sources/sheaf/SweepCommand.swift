@@ -15,7 +15,7 @@ let sweepHelp = """
     Compresses MODEL with every method of --methods (those that aim at a parameter budget:
     \(MethodRegistry.standard.entries.filter { $0.budget != nil }.map(\.name).joined(separator: ", ")))
     at every budget of --budgets (fractions of the linear parameters to remove, each in (0, 1)),
-    with every allocation of --allocate (uniform, spectrum: for the methods that take
+    with every allocation of --allocate (uniform, spectrum, sensitivity: for the methods that take
     --allocate; default uniform), evaluates each point on WikiText-2 test (Protocol S: 32 windows
     of 2048 tokens; --eval-windows N for fewer) and the dense model once, and writes into DIR:
       results.json, results.csv   one entry per point: budget, achieved ratio, stored linear

@@ -100,6 +100,47 @@ extension RankAllocatorTests {
     }
 }
 
+extension RankAllocatorTests {
+    /// Ironing pools every rise into its mean: the result never rises, keeps the sum, and leaves
+    /// a non-increasing sequence alone.
+    @Test func ironingPoolsRises() {
+        #expect(RankAllocator.ironed([3, 1, 2]) == [3, 1.5, 1.5])
+        #expect(RankAllocator.ironed([1, 2, 3]) == [2, 2, 2])
+        #expect(RankAllocator.ironed([5, 4, 4, 1]) == [5, 4, 4, 1])
+        var rng = SplitMix64(seed: 12)
+        for _ in 0..<100 {
+            let g = (0..<(1 + Int(rng.next() % 12))).map { _ in Double(rng.next() % 100) }
+            let x = RankAllocator.ironed(g)
+            #expect(x.count == g.count && zip(x, x.dropFirst()).allSatisfy { $0 >= $1 - 1e-12 })
+            #expect(abs(x.reduce(0, +) - g.reduce(0, +)) <= 1e-9)
+        }
+    }
+
+    /// Two layers with the same weights share at no loss (one basis serves both for less than
+    /// two), two layers with orthogonal weights gain nothing from sharing (the shared spectrum is
+    /// the union of theirs, at a higher cost per rank): the cover shares the first and splits
+    /// the second; neither ever overspends.
+    @Test func coverSharesOnlyWhatIsShared() throws {
+        let single = [8.0, 4, 2, 1]
+        // d_in 10, d_out 10: a single rank costs 20, a shared one 30.
+        let same = [Item(energies: single.map { 2 * $0 }, cost: 30, denseCost: 200), Item(energies: single, cost: 20, denseCost: 100), Item(energies: single, cost: 20, denseCost: 100)]
+        let union = single.flatMap { [$0, $0] }
+        let orthogonal = [Item(energies: union, cost: 30, denseCost: 200), same[1], same[2]]
+        let cover = RankAllocator.Cover(item: 0, parts: [.init(item: 1), .init(item: 2)])
+        for budget in [60, 90, 120] {
+            let shared = try #require(RankAllocator.covered(same, covers: [cover], budget: budget))
+            #expect(shared[0] != nil && shared[1] == nil && shared[2] == nil, "budget \(budget): \(shared)")
+            let split = try #require(RankAllocator.covered(orthogonal, covers: [cover], budget: budget))
+            #expect(split[0] == nil && split[1] != nil && split[2] != nil, "budget \(budget): \(split)")
+            for (items, picks) in [(same, shared), (orthogonal, split)] {
+                let chosen = picks.indices.filter { picks[$0] != nil }
+                #expect(RankAllocator.cost(chosen.map { items[$0] }, chosen.map { picks[$0]! }) <= budget)
+            }
+        }
+        #expect(RankAllocator.covered(same, covers: [cover], budget: 29) == nil)
+    }
+}
+
 extension BackendSuites {
     @Suite struct SpectrumAllocation {
         typealias F = CompressFixture
@@ -150,10 +191,108 @@ extension BackendSuites {
             func message(_ values: [String: String]) -> String {
                 do { _ = try entry.make(MethodArguments(values: values.mapValues { [$0] }), c); return "accepted" } catch { return "\(error)" }
             }
-            #expect(message(["allocate": "sensitivity"]).contains("--allocate must be one of uniform, spectrum, got 'sensitivity'"))
+            #expect(message(["allocate": "greedy"]).contains("--allocate must be one of uniform, spectrum, sensitivity, got 'greedy'"))
             #expect(message(["budget": "1.5", "allocate": "spectrum"]).contains("--budget must be in (0, 1), got 1.5"))
             #expect(message(["budget": "0.2", "ratio": "0.2"]).contains("--budget and --ratio are the same fraction"))
-            #expect(message(["normalise": "layer"]).contains("--normalise must be one of matrix, none"))
+            #expect(message(["normalise": "relative"]).contains("--normalise must be one of layer, matrix, none"))
+            #expect(message(["group-size": "1,x"]).contains("--group-size expects an integer or a list of them"))
+            #expect(message(["group-size": "1,2"]).contains("add --allocate spectrum or sensitivity"))
+            #expect(message(["group-size": "1,2", "allocate": "spectrum", "normalise": "matrix"]).contains("cannot compare group sizes: use layer"))
+            let four = try ModelFiles.open(try TinyModel.write(seed: 52, layers: 4)).config
+            #expect(throws: (any Error).self) { try entry.make(MethodArguments(values: ["group-size": ["1,2,3"], "allocate": ["spectrum"]]), four) }
+            do { _ = try entry.make(MethodArguments(values: ["group-size": ["1,2,3"], "allocate": ["spectrum"]]), four) } catch {
+                #expect("\(error)".contains("each size must divide the next (2 does not divide 3)"))
+            }
+            #expect(message(["group-size": "1,4", "allocate": "spectrum"]).contains("--group-size must be between 1 and the model's 2 layers, got 4"))
+            #expect(message(["allocate": "sensitivity", "normalise": "none"]).contains("it needs --normalise layer"))
+            #expect(message(["allocate": "sensitivity", "probe-windows": "0"]).contains("--probe-windows must be at least 1, got 0"))
+            #expect(message(["allocate": "sensitivity", "probe-error": "1.5"]).contains("--probe-error must be in (0, 1), got 1.5"))
+            #expect(message(["group-size": "1,2", "allocate": "sensitivity"]) == "accepted")
+        }
+
+        /// Σ over every (type, layer) of the layer's relative calibration error: the measure
+        /// `--normalise layer` minimises, computed from each chosen group's per-layer energies.
+        static func layerError(_ m: WhitenedSVDMethod) -> Double {
+            m.groups.reduce(0) { sum, g in sum + g.layers.indices.reduce(0) { $0 + g.layerError($1, rank: g.rank) } }
+        }
+
+        /// `--group-size 1,2,4`: the chosen groups and the groups left dense cover every (type,
+        /// layer) once, shared types by aligned blocks of a candidate size; the budget holds; and
+        /// the layer-normalised error left is no more than with any one of the sizes alone.
+        @Test func choosesWhereToShare() throws {
+            let source = try ModelFiles.open(try TinyModel.write(seed: 53, layers: 4))
+            let c = source.config
+            for budget in ["0.3", "0.6"] {
+                let (r, m) = try Self.compress(source, ["budget": budget, "allocate": "spectrum", "group-size": "1,2,4"])
+                let a = try #require(m.allocation)
+                let steps = m.groups.map { $0.type.shape(c).dIn + $0.layers.count * $0.type.shape(c).dOut }
+                #expect(a.spent <= a.budget && a.budget - a.spent < max(steps.max() ?? 0, 4 * 96 + 64), "\(a.spent) of \(a.budget)")
+                var covered: [String: Int] = [:]
+                for g in m.groups {
+                    #expect([1, 2, 4].contains(g.layers.count) && g.layers.first! % g.layers.count == 0)
+                    if g.layers.count > 1 { #expect(m.options.shared.contains(g.type)) }
+                    for l in g.layers { covered[g.type.module(layer: l), default: 0] += 1 }
+                }
+                for d in a.denseGroups { for l in d.layers { covered[d.type.module(layer: l), default: 0] += 1 } }
+                #expect(covered.count == 7 * c.layerCount && covered.values.allSatisfy { $0 == 1 })
+                let files = try F.write(r, source: source, tag: "cover-\(budget)")
+                #expect(files.manifest!.storedLinearParameters == a.spent)
+                #expect(try LlamaModel(files: files, backend: Backends.cpu).logits(F.evalTokens).values.allSatisfy(\.isFinite))
+                let chosen = Self.layerError(m)
+                #expect(abs(chosen - a.discarded) <= 1e-9 * max(1, chosen))
+                for n in ["1", "2", "4"] {
+                    let (_, single) = try Self.compress(source, ["budget": budget, "allocate": "spectrum", "group-size": n])
+                    #expect(chosen <= Self.layerError(single) * (1 + 1e-9), "sizes 1,2,4: \(chosen), size \(n) alone: \(Self.layerError(single))")
+                }
+                #expect(FileManager.default.fileExists(atPath: files.path + "/" + WhitenedSVDMethod.errorPictureName))
+            }
+        }
+
+        /// `--allocate sensitivity`: one probe per (type, layer); each probe's loss growth is the
+        /// one measured independently (the matrix's own whitened SVD at the probe rank swapped into
+        /// the dense model); a second run reads the probes from beside the cached Grams and
+        /// chooses the same ranks.
+        @Test func sensitivityProbesAreTheLossGrowth() throws {
+            let source = try ModelFiles.open(try TinyModel.write(seed: 54, layers: 2))
+            let c = source.config
+            let cacheRoot = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-sensitivity-\(getpid())").path
+            defer { try? FileManager.default.removeItem(atPath: cacheRoot) }
+            func run() throws -> WhitenedSVDMethod {
+                // Sizes 1 and 2: every matrix is probed through its own (single-layer) factors.
+                let a = MethodArguments(values: ["budget": ["0.4"], "allocate": ["sensitivity"], "probe-windows": ["2"], "group-size": ["1,2"]])
+                let m = try MethodRegistry.standard.entry("basis-sharing")!.make(a, c) as! WhitenedSVDMethod
+                _ = try Compressor.compress(files: source, backend: Backends.cpu, windows: F.windows, method: m, cache: GramCache(root: cacheRoot))
+                return m
+            }
+            let first = try run()
+            let s = try #require(first.allocation?.sensitivity)
+            #expect(!s.fromCache && s.weights.count == 7 * c.layerCount && s.weights.values.allSatisfy { $0 > 0 && $0.isFinite })
+            // Independently: q of layer 1 and down of layer 0 at their probe ranks.
+            let grams = try Calibration.collectGrams(files: source, backend: Backends.cpu, windows: F.windows)
+            let model = try LlamaModel(files: source, backend: Backends.cpu)
+            func loss() throws -> Double {
+                let nll = try F.windows.prefix(2).flatMap { try model.nextTokenNLL($0) }
+                return nll.reduce(0.0) { $0 + Double($1) } / Double(nll.count)
+            }
+            let base = try loss()
+            #expect(abs(base - s.baseLoss) <= 1e-9)
+            for (t, l) in [(MatrixType.q, 1), (.down, 0)] {
+                let probe = try #require(s.probes[t.module(layer: l)])
+                let (dOut, dIn) = t.shape(c)
+                let w = try Matrix(rows: dOut, cols: dIn, values: try WeightLoader(files: source, backend: Backends.cpu).hostValues(t.module(layer: l) + ".weight", shape: [dOut, dIn]))
+                let g = try WhitenedSVD.factor(
+                    type: t, layers: [l], weights: [w], grams: [grams[l][t.input]!], rank: probe.rank, whiten: true, epsilon: 1e-6, backend: Backends.cpu)
+                #expect(abs(g.layerError(0, rank: probe.rank) - probe.error) <= 1e-9)
+                let original = model.layers[l][t]
+                model.layers[l][t] = try DenseLinear(weight: try g.reconstruction(0).asFloat.values, outputSize: dOut, inputSize: dIn, on: Backends.cpu, name: "check")
+                let delta = try loss() - base
+                model.layers[l][t] = original
+                #expect(abs(delta - probe.delta) <= 1e-6 * max(1, abs(delta)), "\(t.rawValue) \(l): \(delta) vs \(probe.delta)")
+            }
+            let second = try run()
+            #expect(second.allocation?.sensitivity?.fromCache == true)
+            #expect(second.groups.map(\.rank) == first.groups.map(\.rank))
+            #expect(second.allocation?.sensitivity?.weights == s.weights)
         }
     }
 }
