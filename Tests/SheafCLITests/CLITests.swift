@@ -189,7 +189,7 @@ extension BackendSuites {
                 (["--methods", "basis-sharing", "--budgets", "0"], 2, "--budgets: '0' is not a fraction in (0, 1)"),
                 (["--methods", "swsc", "--budgets", "0.2"], 2, "swsc takes a bit budget, not a parameter budget"),
                 (["--methods", "nope", "--budgets", "0.2"], 2, "--methods: 'nope' is not a method"),
-                (["--methods", "basis-sharing", "--budgets", "0.2", "--allocate", "sensitivity"], 2, "--allocate: 'sensitivity' is not an allocator"),
+                (["--methods", "basis-sharing", "--budgets", "0.2", "--allocate", "greedy"], 2, "--allocate: 'greedy' is not an allocator"),
                 (["--methods", "basis-sharing", "--budgets", "0.2", "--reference", dir + "/bad.csv"], 1, "line 2 is not 'ratio,perplexity,label'"),
                 (["--methods", "directshare", "--budgets", "0.3"], 1, "needs share rate"),
                 (["--methods", "basis-sharing", "--budgets", "0.2", "--matrices", "q"], 1, "a budget of 0.2 is more than q_proj hold"),
