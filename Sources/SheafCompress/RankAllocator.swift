@@ -35,9 +35,13 @@ public enum RankAllocator {
         /// The largest rank worth factoring: below the dense cost when the group may stay dense.
         var maxRank: Int {
             guard let d = denseCost else { return energies.count }
-            return min(energies.count, (d - 1) / cost)
+            return min(energies.count, RankAllocator.largestRank(cost: cost, denseCost: d))
         }
     }
+
+    /// The largest rank whose factors (`cost` parameters per rank) cost less than the dense
+    /// weights: no allocator keeps more.
+    static func largestRank(cost: Int, denseCost: Int) -> Int { (denseCost - 1) / cost }
 
     /// An item's allocation: a rank, or the group left dense.
     public enum Choice: Sendable, Equatable {
@@ -145,6 +149,17 @@ public enum RankAllocator {
     /// budget. Every item's energies must be normalised already (they are summed as they are).
     /// Returns, per item, nil when not chosen, else its choice; nil when nothing fits.
     public static func covered(_ items: [Item], covers: [Cover], budget: Int) -> [Choice?]? {
+        // One way to cover everything: nothing to price, the greedy alone decides.
+        let chosen = covers.allSatisfy({ $0.parts.isEmpty }) ? covers.map(\.item) : lagrangianCover(items, covers: covers, budget: budget)
+        guard let chosen, let picks = choices(chosen.map { items[$0] }, budget: budget, normalisation: .none) else { return nil }
+        var out = [Choice?](repeating: nil, count: items.count)
+        for (i, pick) in zip(chosen, picks) { out[i] = pick }
+        return out
+    }
+
+    /// The items `covered` keeps: each cover whole or split, at the smallest price λ whose
+    /// covers fit the budget; nil when none does.
+    static func lagrangianCover(_ items: [Item], covers: [Cover], budget: Int) -> [Int]? {
         // Prefix sums of error left: tails[i][k] = Σ_{j ≥ k} energies[j].
         let tails = items.map { item -> [Double] in
             var t = [Double](repeating: 0, count: item.energies.count + 1)
@@ -195,11 +210,7 @@ public enum RankAllocator {
             }
         } else { hi = 0 }
         let chosenSplit = split(at: hi).0
-        let chosen = covers.flatMap { $0.chosen(chosenSplit) }
-        guard let picks = choices(chosen.map { items[$0] }, budget: budget, normalisation: .none) else { return nil }
-        var out = [Choice?](repeating: nil, count: items.count)
-        for (i, pick) in zip(chosen, picks) { out[i] = pick }
-        return out
+        return covers.flatMap { $0.chosen(chosenSplit) }
     }
 
     /// The parameters `choices` spend.

@@ -150,7 +150,7 @@ public final class WhitenedSVDMethod: CompressionMethod {
             // An allocator never keeps factors that cost as much as the dense weights: hold no more.
             if options.allocation != .uniform, options.rankOverrides[g.type] == nil {
                 let (dOut, dIn) = g.type.shape(context.config), n = g.layers.count
-                let cap = max(1, (n * dOut * dIn - 1) / (dIn + n * dOut))
+                let cap = max(1, RankAllocator.largestRank(cost: dIn + n * dOut, denseCost: n * dOut * dIn))
                 if cap < factored[index]!.rank { factored[index] = factored[index]!.truncated(to: cap) }
             }
         }
