@@ -14,6 +14,9 @@
 // cross_entropy: nll[r] = logsumexp(logits[r]) - logits[r, target[r]], max-subtracted, the
 //   sum of exponentials in double. One work-group of RW per row. NDRange: global (RW, rows),
 //   local (RW, 1).
+// kl_divergence: kl[r] = KL(softmax(a[r]) || softmax(b[r])) = S/Za - ma + mb - log Za + log Zb,
+//   m the row maxima, Z the max-subtracted sums of exponentials, S = sum e^(a - ma) (a - b);
+//   the sums in double, clamped at 0. One work-group of RW per row: global (RW, rows), local (RW, 1).
 // gather_columns: out[r, i] = src[r, labels[i]] (0 for a label outside 0..k-1), src (rows, k),
 //   out (rows, n). NDRange: global (n, rows): consecutive work-items write consecutive outputs of
 //   one row (coalesced); their reads hit the k columns of the same row, which stay in cache.
@@ -161,4 +164,33 @@ void cross_entropy(const int vocabulary, __global const float *logits, const int
     for (int c = lid; c < vocabulary; c += RW) partial += (double)exp(row[c] - m);
     const double total = reduce_sum_double(partial, scratchDouble);
     if (lid == 0) nll[r] = (float)((double)m + log(total) - (double)row[targets[r]]);
+}
+
+__kernel __attribute__((reqd_work_group_size(RW, 1, 1)))
+void kl_divergence(const int vocabulary, __global const float *a, const int offA, const int lda,
+                   __global const float *b, const int offB, const int ldb, __global float *kl)
+{
+    __local float scratch[RW];
+    __local double scratchDouble[RW];
+    const int r = get_group_id(1), lid = get_local_id(0);
+    __global const float *rowA = a + offA + r * lda;
+    __global const float *rowB = b + offB + r * ldb;
+    float ma = -INFINITY, mb = -INFINITY;
+    for (int c = lid; c < vocabulary; c += RW) {
+        ma = max(ma, rowA[c]);
+        mb = max(mb, rowB[c]);
+    }
+    ma = reduce_max(ma, scratch);
+    mb = reduce_max(mb, scratch);
+    double za = 0.0, zb = 0.0, s = 0.0;
+    for (int c = lid; c < vocabulary; c += RW) {
+        const float x = rowA[c], y = rowB[c], ea = exp(x - ma);
+        za += (double)ea;
+        zb += (double)exp(y - mb);
+        s += (double)(ea * (x - y));
+    }
+    za = reduce_sum_double(za, scratchDouble);
+    zb = reduce_sum_double(zb, scratchDouble);
+    s = reduce_sum_double(s, scratchDouble);
+    if (lid == 0) kl[r] = (float)max(0.0, s / za - (double)ma + (double)mb - log(za) + log(zb));
 }

@@ -211,6 +211,13 @@ public protocol Backend: AnyObject, Sendable {
     /// targets int32 (rows), nll float32 (rows); computed max-subtracted, summed in Float64.
     func crossEntropy(logits: MatrixView, targets: DeviceBuffer, into nll: DeviceBuffer) throws(SheafError)
 
+    /// kl[r] = KL(softmax(reference[r]) ‖ softmax(logits[r])) = Σ_c p_c·(log p_c − log q_c) ≥ 0,
+    /// nats, for reference and logits (rows, vocabulary) of the same shape, kl float32 (rows):
+    /// computed as S/Z_a − m_a + m_b − log Z_a + log Z_b with m the row maxima, Z the
+    /// max-subtracted sums of exponentials and S = Σ e^(a−m_a)·(a − b), the sums in Float64,
+    /// clamped at 0 (rounding can leave a tiny negative value for identical rows).
+    func klDivergence(reference: MatrixView, logits: MatrixView, into kl: DeviceBuffer) throws(SheafError)
+
     /// Waits for queued work.
     func synchronize() throws(SheafError)
 }

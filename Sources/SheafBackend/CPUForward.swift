@@ -214,6 +214,31 @@ extension CPUBackend {
         }
     }
 
+    public func klDivergence(reference: MatrixView, logits: MatrixView, into kl: DeviceBuffer) throws(SheafError) {
+        try Check.owner(self, [reference, logits], [kl], op: "klDivergence")
+        try Check.klDivergence(reference, logits, kl)
+        nonisolated(unsafe) let pa = floats(reference), pb = floats(logits), pk = host(kl).assumingMemoryBound(to: Float.self)
+        let (sa, sb, vocabulary) = (reference.rowStride, logits.rowStride, logits.cols)
+        let vector = vectorKernels
+        forEachRow(logits.rows) { r in
+            let (a, b) = (pa + r * sa, pb + r * sb)
+            if vector {
+                pk[r] = Float(VectorKernels.klDivergence(a, b, count: vocabulary))
+                return
+            }
+            var (ma, mb) = (-Float.infinity, -Float.infinity)
+            for c in 0..<vocabulary { ma = max(ma, a[c]); mb = max(mb, b[c]) }
+            var (za, zb, s) = (0.0, 0.0, 0.0)
+            for c in 0..<vocabulary {
+                let ea = expf(a[c] - ma)
+                za += Double(ea)
+                zb += Double(expf(b[c] - mb))
+                s += Double(ea * (a[c] - b[c]))
+            }
+            pk[r] = Float(max(0, s / za - Double(ma) + Double(mb) - log(za) + log(zb)))
+        }
+    }
+
     // MARK: clustered layers
 
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {

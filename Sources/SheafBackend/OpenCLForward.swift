@@ -91,6 +91,15 @@ extension OpenCLBackend {
              .buffer(targets), .buffer(nll)])
     }
 
+    public func klDivergence(reference: MatrixView, logits: MatrixView, into kl: DeviceBuffer) throws(SheafError) {
+        try Check.owner(self, [reference, logits], [kl], op: "klDivergence")
+        try Check.klDivergence(reference, logits, kl)
+        try runtime.launch(
+            "kl_divergence", in: "forward", tunables, global: [Self.rowWorkItems, logits.rows], local: rowGroup,
+            [.int(logits.cols), .buffer(reference.buffer), .int(reference.offset), .int(reference.rowStride),
+             .buffer(logits.buffer), .int(logits.offset), .int(logits.rowStride), .buffer(kl)])
+    }
+
     // MARK: clustered layers
 
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {

@@ -84,6 +84,33 @@ public enum Parity {
         return den == 0 ? num : num / den
     }
 
+    /// kl = S/Z_a − m_a + m_b − log Z_a + log Z_b (see `Backend.klDivergence`), bounded row by
+    /// row: each e^(a − m_a) is off by δ_a = u·(max a − min a) + 3u relative (the shift, then
+    /// exp), so Z_a by δ_a + γ_V and log Z_a by as much absolutely (likewise for b); each term
+    /// of S by δ_a + 2u (a − b and the product), the sum by γ_V of Σ|terms|, so S/Z_a by
+    /// (δ_a + 2u + γ_V)·Σ p|a − b| + |S/Z_a|·(δ_a + γ_V); the Float64 adds are exact enough.
+    static func klDivergenceTolerance(_ a: Matrix<Float>, _ b: Matrix<Float>, kl reference: [Float]) -> Double {
+        let u = Roundoff.float32, v = a.cols, gammaV = Roundoff.gamma(v, unit: u)
+        var num = 0.0, den = 0.0
+        for r in 0..<a.rows {
+            let x = (0..<v).map { Double(a[r, $0]) }, y = (0..<v).map { Double(b[r, $0]) }
+            let (ma, mb) = (x.max() ?? 0, y.max() ?? 0)
+            let deltaA = u * (ma - (x.min() ?? 0)) + 3 * u, deltaB = u * (mb - (y.min() ?? 0)) + 3 * u
+            let za = x.reduce(0.0) { $0 + Foundation.exp($1 - ma) }
+            var (spread, shortcut) = (0.0, 0.0)
+            for c in 0..<v {
+                let p = Foundation.exp(x[c] - ma) / za
+                spread += p * abs(x[c] - y[c])
+                shortcut += p * (x[c] - y[c])
+            }
+            let e = (deltaA + 2 * u + gammaV) * spread + abs(shortcut) * (deltaA + gammaV)
+                + (deltaA + gammaV) + (deltaB + gammaV) + u * Double(reference[r])
+            num += e * e
+            den += Double(reference[r]) * Double(reference[r])
+        }
+        return den == 0 ? num : num / den
+    }
+
     static let guardValue: Float = -7777.25
     static let guardDouble: Double = -7777.25
 
@@ -496,6 +523,33 @@ public enum Parity {
             crossEntropyTolerance(logits, targets: targets, nll: got[1]), f)
     }
 
+    /// Reference logits as in `crossEntropy`; the others are them plus `perturbation` × a second
+    /// uniform draw in ±1 (a compressed model's logits against the dense ones; 0: identical rows,
+    /// whose divergence is 0 up to rounding).
+    public static func klDivergence(
+        _ backend: any Backend, _ reference: any Backend, rows: Int, vocabulary: Int, perturbation: Float = 0.5, seed: UInt64 = 1
+    ) throws(SheafError) -> ParityResult {
+        var a = Matrix<Float>.random(rows: rows, cols: vocabulary, seed: seed)
+        for i in 0..<a.count { a.values[i] *= 20 }
+        var b = Matrix<Float>.random(rows: rows, cols: vocabulary, seed: seed &+ 7)
+        for i in 0..<b.count { b.values[i] = a.values[i] + perturbation * b.values[i] }
+        var got: [[Float]] = []
+        for be in [backend, reference] {
+            let kl = try be.makeBuffer(.float32, count: rows)
+            try be.klDivergence(reference: input(be, a, strided: true), logits: input(be, b, strided: true), into: kl)
+            try be.synchronize()
+            got.append(try be.download(kl))
+        }
+        if let negative = got[0].firstIndex(where: { $0 < 0 }) {
+            return ParityResult(
+                op: "klDivergence", backend: backend.kind.rawValue, shape: "(\(rows), \(vocabulary))", error: .infinity, tolerance: 0,
+                failure: "negative divergence \(got[0][negative]) in row \(negative)")
+        }
+        let (error, f) = compare(got[0], got[1])
+        return result(
+            "klDivergence", backend, "(\(rows), \(vocabulary)) ± \(perturbation)", error, klDivergenceTolerance(a, b, kl: got[1]), f)
+    }
+
     /// One case of every op at moderate, tile-unfriendly sizes: what `sheaf doctor` runs.
     public static func quickSuite(_ backend: any Backend, _ reference: any Backend) -> [ParityResult] {
         typealias Case = (String, () throws(SheafError) -> ParityResult)
@@ -521,6 +575,7 @@ public enum Parity {
             ("gatherColumns", { () throws(SheafError) in try gatherColumns(backend, reference, rows: 17, k: 19, n: 100) }),
             ("sumColumnGroups", { () throws(SheafError) in try sumColumnGroups(backend, reference, rows: 17, n: 100, k: 19) }),
             ("crossEntropy", { () throws(SheafError) in try crossEntropy(backend, reference, rows: 9, vocabulary: 1000) }),
+            ("klDivergence", { () throws(SheafError) in try klDivergence(backend, reference, rows: 9, vocabulary: 1000) }),
         ]
         return cases.map { (op, run) in
             do throws(SheafError) { return try run() } catch {

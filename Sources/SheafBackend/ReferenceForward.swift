@@ -104,6 +104,22 @@ extension ReferenceBackend {
         }
     }
 
+    public func klDivergence(reference: MatrixView, logits: MatrixView, into kl: DeviceBuffer) throws(SheafError) {
+        try Check.owner(self, [reference, logits], [kl], op: "klDivergence")
+        try Check.klDivergence(reference, logits, kl)
+        let pa = floats(reference), pb = floats(logits), pk = host(kl).assumingMemoryBound(to: Float.self)
+        for r in 0..<logits.rows {
+            let a = (0..<logits.cols).map { Double(pa[r * reference.rowStride + $0]) }
+            let b = (0..<logits.cols).map { Double(pb[r * logits.rowStride + $0]) }
+            let (ma, mb) = (a.max()!, b.max()!)
+            let logZa = log(a.reduce(0.0) { $0 + exp($1 - ma) }) + ma, logZb = log(b.reduce(0.0) { $0 + exp($1 - mb) }) + mb
+            // Σ p·(log p − log q) term by term: the definition, not the shortcut the others take.
+            var kl = 0.0
+            for c in 0..<a.count { kl += exp(a[c] - logZa) * ((a[c] - logZa) - (b[c] - logZb)) }
+            pk[r] = Float(max(0, kl))
+        }
+    }
+
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {
         try Check.owner(self, [src, out], [labels], op: "gatherColumns")
         try Check.gatherColumns(src, labels, out)

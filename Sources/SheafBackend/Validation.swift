@@ -234,6 +234,13 @@ enum Check {
         }
     }
 
+    static func klDivergence(_ reference: MatrixView, _ logits: MatrixView, _ kl: DeviceBuffer) throws(SheafError) {
+        try sameShape([reference, logits], op: "klDivergence")
+        guard kl.scalar == .float32, kl.count >= logits.rows else {
+            throw .shapeMismatch(op: "klDivergence", detail: "logits \(logits.shape) need a float32 kl of \(logits.rows)")
+        }
+    }
+
     static func target(_ t: Int32, at r: Int, vocabulary: Int) throws(SheafError) {
         guard t >= 0, Int(t) < vocabulary else {
             throw .invalidArgument(op: "crossEntropy", detail: "target \(t) of row \(r) is outside the vocabulary 0..<\(vocabulary)")

@@ -150,6 +150,39 @@ public enum VectorKernels {
         return Double(rowMax) + log(total)
     }
 
+    /// KL(softmax(a) ‖ softmax(b)) over a[0..<count], b[0..<count], nats: S/Z_a − m_a + m_b −
+    /// log Z_a + log Z_b with Z = Σ e^(x − m) and S = Σ e^(a − m_a)·(a − b), the lane sums
+    /// carried into Float64 every 1024 entries as in `logSumExp`; clamped at 0.
+    public static func klDivergence(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Double {
+        let (ma, mb) = (maximum(a, count: count), maximum(b, count: count))
+        let (shiftA, shiftB) = (Float8(repeating: ma), Float8(repeating: mb))
+        var i = 0
+        var (za, zb, s) = (0.0, 0.0, 0.0)
+        while i + 8 <= count {
+            var (lanesA, lanesB, lanesS) = (Float8(), Float8(), Float8())
+            let end = min(count, i + 1024)
+            while i + 8 <= end {
+                let (x, y) = (load(a + i), load(b + i))
+                let ea = exp(x - shiftA)
+                lanesA += ea
+                lanesB += exp(y - shiftB)
+                lanesS += ea * (x - y)
+                i += 8
+            }
+            za += Double(horizontalSum(lanesA))
+            zb += Double(horizontalSum(lanesB))
+            s += Double(horizontalSum(lanesS))
+        }
+        while i < count {
+            let ea = exp(Float8(repeating: a[i] - ma))[0]
+            za += Double(ea)
+            zb += Double(exp(Float8(repeating: b[i] - mb))[0])
+            s += Double(ea * (a[i] - b[i]))
+            i += 1
+        }
+        return max(0, s / za - Double(ma) + Double(mb) - log(za) + log(zb))
+    }
+
     /// out[j] = silu(gate[j]) · up[j] = gate[j] / (1 + e^−gate[j]) · up[j] for j < count (out may
     /// alias gate).
     public static func siluMultiply(

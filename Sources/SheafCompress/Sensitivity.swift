@@ -4,26 +4,29 @@ import SheafCore
 import SheafIO
 import SheafModel
 
-/// How much the calibration loss grows per unit of each matrix's relative calibration error
+/// How much the model's output moves per unit of each matrix's relative calibration error
 /// (`--allocate sensitivity`). A probe truncates one matrix of the dense model (its whitened
-/// factors, at the rank that leaves `probeError` of its ‖XWᵀ‖²), measures the mean next-token
-/// loss on a few calibration windows, and puts the matrix back: weight = Δloss / error. The loss
-/// of a small perturbation grows with its square, so the growth is close to linear in the
-/// squared-norm error the spectrum predicts, and the weight turns the spectrum's error into
-/// the loss the model actually pays (ASVD measures a perplexity per candidate ratio instead;
-/// one probe per matrix and a linear model is what makes the probes cheap enough to cache).
+/// factors, at the rank that leaves `probeError` of its ‖XWᵀ‖²), measures the mean per-token
+/// KL(p_dense ‖ p_probe) of the next-token distributions on a few calibration windows, and puts
+/// the matrix back: weight = KL / error. The KL is the loss growth to expect (the dense model's
+/// own predictions as the labels): ≥ 0 at every token and free of the label noise that made the
+/// first version (the difference of two mean NLLs) mostly noise at small errors. It grows with
+/// the square of a small output perturbation, i.e. linearly in the squared-norm error the
+/// spectrum predicts, so the weight turns the spectrum's error into the divergence the model
+/// actually pays (ASVD measures a perplexity per candidate ratio instead; one probe per matrix
+/// and a linear model is what makes the probes cheap enough to cache).
 public struct Sensitivity: Sendable {
-    /// Module → Δloss (nats per token) per unit of relative calibration error, > 0.
+    /// Module → KL (nats per token) per unit of relative calibration error, > 0.
     public var weights: [String: Double]
-    /// Module → (probe rank, its relative error, Δloss measured).
-    public var probes: [String: (rank: Int, error: Double, delta: Double)]
+    /// Module → (probe rank, its relative error, mean KL(p_dense ‖ p_probe) measured, nats).
+    public var probes: [String: (rank: Int, error: Double, kl: Double)]
     /// The dense model's mean next-token loss on the probe windows, nats.
     public var baseLoss: Double
     public var windows: Int
     public var seconds: Double
     public var fromCache: Bool
 
-    static let version = "sheaf-sensitivity-v1"
+    static let version = "sheaf-sensitivity-v2"
 
     /// Probes every layer of every group (one group per (type, layer): the finest tiling), or
     /// reads them from beside the cached Grams. `key` names what else the factors depend on.
@@ -44,19 +47,28 @@ public struct Sensitivity: Sendable {
         let t0 = monotonicSeconds(), c = context.config, backend = context.backend
         let model = try LlamaModel(files: context.files, backend: backend)
         // Each window's residual stream entering the layer probed: a probe of layer l runs only
-        // layers l... (≈ 40% of a whole forward on SmolLM2, whose output head is a fifth of it).
+        // layers l... and the output head twice (its own logits and the dense ones, recomputed
+        // from the dense final hidden states, (tokens, hidden) per window, against holding
+        // (tokens, vocabulary)).
         let residuals = try probeWindows.map { (w) throws(SheafError) in try model.residual(w, entering: 0) }
-        func loss(from layer: Int) throws(SheafError) -> Double {
+        let denseHidden = try probeWindows.map { (w) throws(SheafError) in try model.hiddenStates(w) }
+        var baseSum = 0.0, baseCount = 0
+        for w in probeWindows {
+            let nll = try model.nextTokenNLL(w)
+            baseSum += nll.reduce(0.0) { $0 + Double($1) }
+            baseCount += nll.count
+        }
+        let base = baseSum / Double(baseCount)
+        func divergence(from layer: Int) throws(SheafError) -> Double {
             var sum = 0.0, count = 0
-            for (w, r) in zip(probeWindows, residuals) {
-                let nll = try model.nextTokenNLL(w, resuming: r, at: layer)
-                sum += nll.reduce(0.0) { $0 + Double($1) }
-                count += nll.count
+            for ((w, r), dense) in zip(zip(probeWindows, residuals), denseHidden) {
+                let kl = try model.nextTokenKL(w, reference: dense, resuming: r, at: layer)
+                sum += kl.reduce(0.0) { $0 + Double($1) }
+                count += kl.count
             }
             return sum / Double(count)
         }
-        let base = try loss(from: 0)
-        var probes: [String: (rank: Int, error: Double, delta: Double)] = [:]
+        var probes: [String: (rank: Int, error: Double, kl: Double)] = [:]
         let total = groups.reduce(0) { $0 + $1.layers.count }
         var byLayer: [Int: [(FactoredGroup, Int)]] = [:]
         for g in groups { for (p, l) in g.layers.enumerated() { byLayer[l, default: []].append((g, p)) } }
@@ -73,19 +85,19 @@ public struct Sensitivity: Sendable {
                 let bias = g.type.hasBias(c) ? try context.loader.hostValues(module + ".bias", shape: [dOut]) : nil
                 let original = model.layers[layer][g.type]
                 model.layers[layer][g.type] = try DenseLinear(weight: w.values, outputSize: dOut, inputSize: dIn, bias: bias, on: backend, name: module + " (probe)")
-                let delta = try loss(from: layer) - base
+                let kl = try divergence(from: layer)
                 model.layers[layer][g.type] = original
-                probes[module] = (k, error, delta)
+                probes[module] = (k, error, kl)
                 let elapsed = monotonicSeconds() - t0
                 context.progress("sensitivity: probe \(probes.count)/\(total) (\(module), rank \(k)), \(fixed(elapsed)) s, "
                     + "ETA \(fixed(elapsed / Double(probes.count) * Double(total - probes.count))) s")
             }
         }
-        // A probe that did not raise the loss (or left no error) still weighs a little: a
-        // thousandth of the median positive weight, so the allocator never treats it as free.
-        let positive = probes.values.filter { $0.delta > 0 && $0.error > 0 }.map { $0.delta / $0.error }.sorted()
+        // A probe that left no error or moved nothing (a matrix at full rank) still weighs a
+        // little: a thousandth of the median weight, so the allocator never treats it as free.
+        let positive = probes.values.filter { $0.kl > 0 && $0.error > 0 }.map { $0.kl / $0.error }.sorted()
         let floor = positive.isEmpty ? 1.0 : positive[positive.count / 2] * 1e-3
-        let weights = probes.mapValues { $0.delta > 0 && $0.error > 0 ? max($0.delta / $0.error, floor) : floor }
+        let weights = probes.mapValues { $0.kl > 0 && $0.error > 0 ? max($0.kl / $0.error, floor) : floor }
         let result = Sensitivity(
             weights: weights, probes: probes, baseLoss: base, windows: probeWindows.count, seconds: monotonicSeconds() - t0, fromCache: false)
         if let cache = context.cache, let gramKey = context.gramKey {
@@ -105,7 +117,7 @@ public struct Sensitivity: Sendable {
             "base_loss": .number(baseLoss), "windows": .int(windows), "seconds": .number(seconds),
             "matrices": .object(Dictionary(uniqueKeysWithValues: probes.map { module, p in
                 (module, JSONValue.object([
-                    "probe_rank": .int(p.rank), "probe_error": .number(p.error), "loss_growth": .number(p.delta), "weight": .number(weights[module]!),
+                    "probe_rank": .int(p.rank), "probe_error": .number(p.error), "kl": .number(p.kl), "weight": .number(weights[module]!),
                 ]))
             })),
         ])
@@ -118,7 +130,7 @@ public struct Sensitivity: Sendable {
         var s = Sensitivity(weights: [:], probes: [:], baseLoss: base, windows: o["windows"]?.intValue ?? 0, seconds: 0, fromCache: true)
         for (module, value) in matrices {
             guard case .object(let m) = value, let k = m["probe_rank"]?.intValue, let e = m["probe_error"]?.doubleValue,
-                let d = m["loss_growth"]?.doubleValue, let w = m["weight"]?.doubleValue, w > 0, w.isFinite
+                let d = m["kl"]?.doubleValue, d >= 0, let w = m["weight"]?.doubleValue, w > 0, w.isFinite
             else { throw SheafError.invalidArgument(op: "sensitivity cache", detail: "bad entry for \(module)") }
             s.probes[module] = (k, e, d)
             s.weights[module] = w
@@ -133,7 +145,7 @@ public struct Sensitivity: Sendable {
         var map = SVG.HeatMap(
             title: "\(method): measured sensitivity per matrix", values: values, rowTitle: "layer", columnTitle: "matrix type",
             rowLabels: (0..<c.layerCount).map(String.init), columnLabels: types.map { String($0.rawValue.prefix { $0 != "_" }) },
-            colorTitle: "log10 Δloss per unit relative error (nats)")
+            colorTitle: "log10 KL per unit relative error (nats/token)")
         map.subtitle = "one probe per matrix on \(windows) calibration windows, dense loss \(String(format: "%.4f", baseLoss)) nats"
         return map.render()
     }

@@ -40,8 +40,9 @@ public final class WhitenedSVDMethod: CompressionMethod {
             uniform (default): every matrix keeps --ratio's rank; spectrum: all
             ranks chosen together from the whitened spectra, most calibration
             error removed per parameter first, for the same parameter budget;
-            sensitivity: as spectrum, each matrix's error weighed by how much
-            the calibration loss grew when it alone was truncated (probed).
+            sensitivity: as spectrum, each matrix's error weighed by how far the
+            next-token distributions moved (KL from the dense model's, per
+            token) when it alone was truncated (probed).
             """),
         .init("normalise", value: "N", help: """
             how the allocator weighs errors: matrix (default for one group size:
@@ -351,7 +352,7 @@ public final class WhitenedSVDMethod: CompressionMethod {
             if let s = a.sensitivity {
                 notes.append(
                     "sensitivity: \(s.weights.count) probes on \(s.windows) windows \(s.fromCache ? "from the cache" : "in \(fixed(s.seconds)) s"), "
-                        + "calibration loss \(String(format: "%.4f", s.baseLoss)) nats, loss growth per unit of relative error "
+                        + "calibration loss \(String(format: "%.4f", s.baseLoss)) nats, KL(dense ‖ probe) per token per unit of relative error "
                         + "\(scientific(s.weights.values.min() ?? 0))…\(scientific(s.weights.values.max() ?? 0)); map \(Self.sensitivityPictureName)")
             }
         }

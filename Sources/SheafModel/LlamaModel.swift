@@ -326,19 +326,7 @@ public final class LlamaModel: @unchecked Sendable {
     public func nextTokenNLL(_ tokens: [Int32], chunkRows: Int = 256, resuming residual: MatrixView? = nil, at layer: Int = 0) throws(SheafError) -> [Float] {
         guard tokens.count >= 2 else { throw .invalidArgument(op: "nextTokenNLL", detail: "need at least 2 tokens, got \(tokens.count)") }
         guard chunkRows > 0 else { throw .invalidArgument(op: "nextTokenNLL", detail: "chunkRows must be positive, got \(chunkRows)") }
-        let h: MatrixView
-        if let residual {
-            guard residual.rows == tokens.count, residual.cols == config.hiddenSize, layer >= 0, layer <= layers.count else {
-                throw .shapeMismatch(op: "nextTokenNLL", detail: "a (\(residual.rows), \(residual.cols)) residual at layer \(layer) for \(tokens.count) tokens")
-            }
-            let a = try Activations(backend, tokens: tokens.count, config)
-            try backend.add(residual, into: a.hidden)
-            for i in layer..<layers.count { try Self.block(layers[i], a, config: config, backend: backend, position: 0) }
-            try backend.rmsNorm(a.hidden, weight: finalNorm, eps: Float(config.rmsNormEps), into: a.normed)
-            h = a.normed
-        } else {
-            h = try hiddenStates(tokens)
-        }
+        let h = try finalHidden(tokens, resuming: residual, at: layer, op: "nextTokenNLL")
         let predictions = tokens.count - 1
         let logits = try backend.zeros(.float32, rows: min(chunkRows, predictions), cols: config.vocabularySize)
         var nll: [Float] = []
@@ -357,6 +345,57 @@ public final class LlamaModel: @unchecked Sendable {
             nll.append(contentsOf: try backend.download(out) as [Float])
         }
         return nll
+    }
+
+    /// The final-norm hidden states (tokens, hidden) of one sequence; with `residual` (the
+    /// stream entering layer `layer`; left unchanged) only layers `layer...` run.
+    func finalHidden(_ tokens: [Int32], resuming residual: MatrixView?, at layer: Int, op: String) throws(SheafError) -> MatrixView {
+        guard let residual else { return try hiddenStates(tokens) }
+        guard residual.rows == tokens.count, residual.cols == config.hiddenSize, layer >= 0, layer <= layers.count else {
+            throw .shapeMismatch(op: op, detail: "a (\(residual.rows), \(residual.cols)) residual at layer \(layer) for \(tokens.count) tokens")
+        }
+        let a = try Activations(backend, tokens: tokens.count, config)
+        try backend.add(residual, into: a.hidden)
+        for i in layer..<layers.count { try Self.block(layers[i], a, config: config, backend: backend, position: 0) }
+        try backend.rmsNorm(a.hidden, weight: finalNorm, eps: Float(config.rmsNormEps), into: a.normed)
+        return a.normed
+    }
+
+    /// KL(p_reference ‖ p_this), nats, of the next-token distribution at every position of
+    /// `tokens` (tokens.count values): `reference` is another model's final-norm hidden states
+    /// of the same tokens (from `hiddenStates`, e.g. the dense model's), whose logits this
+    /// model's output head recomputes chunk by chunk beside its own (so the reference costs
+    /// (tokens, hidden) floats, not (tokens, vocabulary)). `residual` and `layer` as in
+    /// `nextTokenNLL`. What a compressed model loses against the dense one, with no label noise:
+    /// the expected growth of the loss, ≥ 0 at every token.
+    public func nextTokenKL(
+        _ tokens: [Int32], reference: MatrixView, chunkRows: Int = 256, resuming residual: MatrixView? = nil, at layer: Int = 0
+    ) throws(SheafError) -> [Float] {
+        guard !tokens.isEmpty, chunkRows > 0 else {
+            throw .invalidArgument(op: "nextTokenKL", detail: "needs tokens and a positive chunkRows (\(tokens.count), \(chunkRows))")
+        }
+        guard reference.rows == tokens.count, reference.cols == config.hiddenSize else {
+            throw .shapeMismatch(op: "nextTokenKL", detail: "reference hidden states \(reference.shape) for \(tokens.count) tokens of \(config.hiddenSize)")
+        }
+        let h = try finalHidden(tokens, resuming: residual, at: layer, op: "nextTokenKL")
+        let rowsPerChunk = min(chunkRows, tokens.count)
+        let ours = try backend.zeros(.float32, rows: rowsPerChunk, cols: config.vocabularySize)
+        let theirs = try backend.zeros(.float32, rows: rowsPerChunk, cols: config.vocabularySize)
+        var kl: [Float] = []
+        kl.reserveCapacity(tokens.count)
+        for r0 in stride(from: 0, to: tokens.count, by: chunkRows) {
+            let rows = min(chunkRows, tokens.count - r0)
+            func chunk(_ m: MatrixView) throws(SheafError) -> MatrixView {
+                try MatrixView(m.buffer, rows: rows, cols: m.cols, rowStride: m.rowStride, offset: m.offset + r0 * m.rowStride)
+            }
+            let (lOurs, lTheirs) = (try MatrixView(ours.buffer, rows: rows, cols: ours.cols), try MatrixView(theirs.buffer, rows: rows, cols: theirs.cols))
+            try head.forward(try chunk(h), into: lOurs)
+            try head.forward(try chunk(reference), into: lTheirs)
+            let out = try backend.makeBuffer(.float32, count: rows)
+            try backend.klDivergence(reference: lTheirs, logits: lOurs, into: out)
+            kl.append(contentsOf: try backend.download(out) as [Float])
+        }
+        return kl
     }
 }
 

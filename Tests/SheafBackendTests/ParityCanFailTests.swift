@@ -92,6 +92,9 @@ final class WrongBackend: Backend, @unchecked Sendable {
     func crossEntropy(logits: MatrixView, targets: DeviceBuffer, into nll: DeviceBuffer) throws(SheafError) {
         try inner.crossEntropy(logits: logits, targets: targets, into: nll)
     }
+    func klDivergence(reference: MatrixView, logits: MatrixView, into kl: DeviceBuffer) throws(SheafError) {
+        try inner.klDivergence(reference: reference, logits: logits, into: kl)
+    }
     func synchronize() throws(SheafError) { try inner.synchronize() }
 }
 

@@ -132,6 +132,9 @@ extension BackendSuites {
             }
             for (rows, vocabulary) in [(1, 1), (7, 33), (3, 49152), (33, 257)] {
                 expectPass(try Parity.crossEntropy(be, Backends.reference, rows: rows, vocabulary: vocabulary))
+                for perturbation: Float in [0, 0.01, 0.5] {
+                    expectPass(try Parity.klDivergence(be, Backends.reference, rows: rows, vocabulary: vocabulary, perturbation: perturbation))
+                }
             }
         }
 
