@@ -28,8 +28,10 @@ let sweepHelp = """
     tokens, or --calib-windows × --calib-len) runs once: its Grams are cached (unless --no-cache:
     then each point calibrates) and every later point reads them. A killed sweep continues where
     it stopped: points already in DIR/results.json are not run again. Options of the methods
-    (e.g. --group-size 2, --unit query-head) go to every method that takes them. --keep keeps each
-    point's checkpoint in DIR/points/.
+    (e.g. --group-size 1,2, --unit query-head) go to every method that takes them and are part of
+    each point's key and label: sweeps with other options may write into the same DIR (same model,
+    protocol and evaluation), and its frontier shows them all. --keep keeps each point's
+    checkpoint in DIR/points/.
     """
 
 enum SweepCommand {
@@ -37,6 +39,10 @@ enum SweepCommand {
         var key: String
         var method: String
         var allocation: String
+        /// The method options the point ran with beyond its budget and allocation ("group-size=1,2
+        /// normalise=layer"), empty for none; part of `key`, so sweeps with other options can
+        /// share one folder and one frontier.
+        var options: String?
         var budget: Double
         var achievedRatio: Double
         var storedLinearParameters: Int
@@ -122,7 +128,7 @@ enum SweepCommand {
 
         // Every point is made (and so validated) before any work.
         let files = try ModelFiles.open(a.positionals[0])
-        var plan: [(key: String, method: String, allocation: String, budget: Double, make: () throws -> any CompressionMethod)] = []
+        var plan: [(key: String, method: String, allocation: String, options: String, budget: Double, make: () throws -> any CompressionMethod)] = []
         for name in methodNames {
             guard let entry = registry.entry(name) else {
                 throw UsageError(description: "--methods: '\(name)' is not a method (\(registry.names.joined(separator: ", ")))")
@@ -133,6 +139,7 @@ enum SweepCommand {
             let own = Set(entry.options.map(\.name))
             var base = MethodArguments()
             for (k, v) in shared.values where own.contains(k) { base.values[k] = v }
+            let variant = base.values.keys.sorted().map { "\($0)=\(base.values[$0]!.last!)" }.joined(separator: " ")
             let takesAllocation = own.contains("allocate")
             for allocation in takesAllocation ? allocations : ["uniform"] {
                 for b in budgets {
@@ -141,7 +148,7 @@ enum SweepCommand {
                     let made = arguments
                     let make = { () throws -> any CompressionMethod in try CompressCommand.makeMethod(entry, made, config: files.config) }
                     _ = try make()
-                    plan.append(("\(name)/\(allocation)/\(b)", name, allocation, b, make))
+                    plan.append(("\(name)/\(allocation)/\(b)" + (variant.isEmpty ? "" : "/" + variant), name, allocation, variant, b, make))
                 }
             }
         }
@@ -197,16 +204,17 @@ enum SweepCommand {
             try write(results, references: references, to: out)
         }
         let todo = plan.filter { p in !results.points.contains { $0.key == p.key } }
-        note("sweep: \(plan.count) points, \(plan.count - todo.count) done, \(todo.count) to run on \(backend.kind.rawValue)")
+        note("sweep: \(plan.count) point\(plan.count == 1 ? "" : "s"), \(plan.count - todo.count) done, \(todo.count) to run on \(backend.kind.rawValue)")
         let t0 = monotonicSeconds()
         for (i, p) in todo.enumerated() {
             let eta = i == 0 ? "" : ", ETA \(fixed((monotonicSeconds() - t0) / Double(i) * Double(todo.count - i))) s"
-            note("sweep: point \(i + 1)/\(todo.count): \(p.method) \(p.allocation) budget \(p.budget)\(eta)")
+            note("sweep: point \(i + 1)/\(todo.count): \(p.method) \(p.allocation)\(p.options.isEmpty ? "" : " " + p.options) budget \(p.budget)\(eta)")
             let c0 = monotonicSeconds()
             let result = try Compressor.compress(
                 files: files, backend: backend, windows: windows, method: try p.make(), cache: cache,
                 progress: { note("sweep: \(p.key): " + $0) })
-            let tag = p.key.replacingOccurrences(of: "/", with: "-")
+            // A folder name: the key with every character but letters, digits and ".,=-" as "_".
+            let tag = String(p.key.replacingOccurrences(of: "/", with: "-").map { $0.isLetter || $0.isNumber || ".,=-".contains($0) ? $0 : "_" })
             let dir = out + "/points/" + tag
             let provenance = try CompressCommand.provenance(
                 protocolName: a.value("calib-windows") == nil && a.value("calib-len") == nil ? protocolName : nil, windows: count, length: length,
@@ -220,7 +228,7 @@ enum SweepCommand {
             let evaluation = try evaluate(try LlamaModel(files: try ModelFiles.open(dir), backend: backend), p.key)
             if !a.flag("keep") { try? fm.removeItem(atPath: dir) }
             results.points.append(Point(
-                key: p.key, method: p.method, allocation: p.allocation, budget: p.budget, achievedRatio: manifest.achievedRatio,
+                key: p.key, method: p.method, allocation: p.allocation, options: p.options.isEmpty ? nil : p.options, budget: p.budget, achievedRatio: manifest.achievedRatio,
                 storedLinearParameters: manifest.storedLinearParameters, perplexity: evaluation.perplexity, crossEntropy: evaluation.meanNLL,
                 compressSeconds: compressSeconds, evalSeconds: evaluation.seconds, gramsFromCache: result.gramsFromCache,
                 peakResidentBytes: peakResidentBytes()))
@@ -240,9 +248,9 @@ enum SweepCommand {
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         try atomicWrite(try encoder.encode(r), to: out + "/results.json")
-        var csv = "method,allocation,budget,achieved_ratio,stored_linear_parameters,perplexity,compress_seconds,eval_seconds,grams_from_cache\n"
+        var csv = "method,allocation,options,budget,achieved_ratio,stored_linear_parameters,perplexity,compress_seconds,eval_seconds,grams_from_cache\n"
         for p in r.points {
-            csv += "\(p.method),\(p.allocation),\(p.budget),\(p.achievedRatio),\(p.storedLinearParameters),\(p.perplexity),"
+            csv += "\(p.method),\(p.allocation),\"\(p.options ?? "")\",\(p.budget),\(p.achievedRatio),\(p.storedLinearParameters),\(p.perplexity),"
                 + "\(String(format: "%.1f", p.compressSeconds)),\(String(format: "%.1f", p.evalSeconds)),\(p.gramsFromCache)\n"
         }
         try atomicWrite(Data(csv.utf8), to: out + "/results.csv")
@@ -250,10 +258,11 @@ enum SweepCommand {
             title: "Perplexity against compression: \(((r.model as NSString).lastPathComponent))",
             xTitle: "achieved ratio (fraction of the linear parameters removed)", yTitle: "perplexity (WikiText-2 test, log scale)", logY: true)
         plot.subtitle = "calibration Protocol \(r.calibrationProtocol) (\(r.calibration[0]) × \(r.calibration[1]) tokens); evaluation \(r.evalWindows) × 2048 tokens of WikiText-2 test"
+        func label(_ p: Point) -> String { "\(p.method) (\(p.allocation)\(p.options.map { ", " + $0 } ?? ""))" }
         var labels: [String] = []
-        for p in r.points where !labels.contains("\(p.method) (\(p.allocation))") { labels.append("\(p.method) (\(p.allocation))") }
-        for label in labels {
-            plot.series.append(.init(label: label, points: r.points.filter { "\($0.method) (\($0.allocation))" == label }.map { ($0.achievedRatio, $0.perplexity) }))
+        for p in r.points where !labels.contains(label(p)) { labels.append(label(p)) }
+        for l in labels {
+            plot.series.append(.init(label: l, points: r.points.filter { label($0) == l }.map { ($0.achievedRatio, $0.perplexity) }))
         }
         var referenceLabels: [String] = []
         for ref in references where !referenceLabels.contains(ref.label) { referenceLabels.append(ref.label) }

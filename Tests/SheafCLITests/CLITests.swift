@@ -17,9 +17,10 @@ extension BackendSuites {
             let parity = report?["parity"] as? [[String: Any]] ?? []
             let backends = Set(parity.compactMap { $0["backend"] as? String })
             #expect(backends == ["cpu", "opencl"], "backends checked: \(backends)")
-            // Every case of the quick suite on each backend, the clustered layer's gather ops among them.
-            #expect(parity.count == 2 * 18)
-            for op in ["gatherColumns", "sumColumnGroups", "kmeansDistances"] {
+            // Every case of the quick suite on each backend, the clustered layer's gather ops and the
+            // sensitivity probes' KL among them.
+            #expect(parity.count == 2 * 19)
+            for op in ["gatherColumns", "sumColumnGroups", "kmeansDistances", "klDivergence"] {
                 #expect(Set(parity.filter { $0["op"] as? String == op }.compactMap { $0["backend"] as? String }) == ["cpu", "opencl"], "\(op)")
             }
             #expect((report?["openCLDevices"] as? [Any])?.isEmpty == false)
@@ -143,8 +144,9 @@ extension BackendSuites {
         }
 
         /// `sheaf sweep` on the real model (small calibration, one evaluation window): every
-        /// point in results.json/csv and on the frontier, the spectrum rank map kept, and a second
-        /// run over more budgets runs only the new point.
+        /// point in results.json/csv and on the frontier, the spectrum rank map kept, a second run
+        /// over more budgets runs only the new point, and a third with other method options adds
+        /// its point (keyed and labelled by those options) to the same folder and frontier.
         @Test func sweepWritesTheFrontierAndResumes() throws {
             try RealFixtures.require(RealFixtures.modelPath)
             let out = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-cli-sweep-\(getpid())").path
@@ -161,18 +163,26 @@ extension BackendSuites {
             let decoder = JSONDecoder()
             decoder.keyDecodingStrategy = .convertFromSnakeCase
             let r1 = try decoder.decode(Results.self, from: try Data(contentsOf: URL(fileURLWithPath: out + "/results.json")))
-            #expect(r1.points.map(\.key) == ["basis-sharing/uniform/0.01", "basis-sharing/spectrum/0.01"])
+            #expect(r1.points.map(\.key) == ["basis-sharing/uniform/0.01/matrices=q", "basis-sharing/spectrum/0.01/matrices=q"])
             // q is 7.8% of SmolLM2's linear parameters: a budget of 1% of all of them.
             #expect(r1.points.allSatisfy { abs($0.achievedRatio - 0.01) < 0.002 && $0.perplexity > r1.densePerplexity * 0.9 })
             let csv = try String(contentsOfFile: out + "/results.csv", encoding: .utf8)
-            #expect(csv.split(separator: "\n").count == 3 && csv.hasPrefix("method,allocation,budget,achieved_ratio"))
+            #expect(csv.split(separator: "\n").count == 3 && csv.hasPrefix("method,allocation,options,budget,achieved_ratio"))
             let svg = try String(contentsOfFile: out + "/frontier.svg", encoding: .utf8)
-            for label in ["basis-sharing (uniform)", "basis-sharing (spectrum)", "official", "dense model"] { #expect(svg.contains(label), "frontier lacks \(label)") }
-            #expect(FileManager.default.fileExists(atPath: out + "/pictures/basis-sharing-spectrum-0.01-ranks.svg"))
+            for label in ["basis-sharing (uniform, matrices=q)", "basis-sharing (spectrum, matrices=q)", "official", "dense model"] {
+                #expect(svg.contains(label), "frontier lacks \(label)")
+            }
+            #expect(FileManager.default.fileExists(atPath: out + "/pictures/basis-sharing-spectrum-0.01-matrices=q-ranks.svg"))
             let second = try sheaf(common + ["--budgets", "0.01,0.02", "--allocate", "spectrum"])
             #expect(second.status == 0 && second.stderr.contains("2 points, 1 done, 1 to run"), "\(second.stderr.suffix(500))")
             let r2 = try decoder.decode(Results.self, from: try Data(contentsOf: URL(fileURLWithPath: out + "/results.json")))
-            #expect(r2.points.count == 3 && r2.points.last?.key == "basis-sharing/spectrum/0.02")
+            #expect(r2.points.count == 3 && r2.points.last?.key == "basis-sharing/spectrum/0.02/matrices=q")
+            let third = try sheaf(common + ["--budgets", "0.01", "--allocate", "spectrum", "--group-size", "1,2"])
+            #expect(third.status == 0 && third.stderr.contains("1 point, 0 done, 1 to run"), "\(third.stderr.suffix(500))")
+            let r3 = try decoder.decode(Results.self, from: try Data(contentsOf: URL(fileURLWithPath: out + "/results.json")))
+            #expect(r3.points.count == 4 && r3.points.last?.key == "basis-sharing/spectrum/0.01/group-size=1,2 matrices=q")
+            let svg3 = try String(contentsOfFile: out + "/frontier.svg", encoding: .utf8)
+            #expect(svg3.contains("basis-sharing (spectrum, group-size=1,2 matrices=q)") && svg3.contains("basis-sharing (uniform, matrices=q)"))
         }
 
         /// What a sweep cannot run is one line before any work.
