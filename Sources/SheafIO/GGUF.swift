@@ -82,35 +82,6 @@ public enum GGUFValue: Sendable, Equatable {
     }
 }
 
-/// A read-only memory map of a whole file, unmapped when released. Pages are read on first
-/// touch, so mapping a model does not read its tensor data.
-final class MappedFile: @unchecked Sendable {
-    /// The file's bytes; valid for the lifetime of this object, never written.
-    let bytes: UnsafeRawBufferPointer
-
-    init(path: String) throws(SheafError) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .io(path: path, detail: "cannot open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var status = stat()
-        guard fstat(fd, &status) == 0 else { throw .io(path: path, detail: "cannot stat: \(String(cString: strerror(errno)))") }
-        guard status.st_mode & S_IFMT == S_IFREG else { throw .io(path: path, detail: "not a regular file") }
-        let size = Int(status.st_size)
-        guard size > 0 else {
-            bytes = UnsafeRawBufferPointer(start: nil, count: 0)
-            return
-        }
-        guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), base != UnsafeMutableRawPointer(bitPattern: -1) else {
-            throw .io(path: path, detail: "cannot memory-map \(size) bytes: \(String(cString: strerror(errno)))")
-        }
-        bytes = UnsafeRawBufferPointer(start: base, count: size)
-    }
-
-    deinit {
-        if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
-    }
-}
-
 /// A GGUF file (versions 2 and 3, little-endian), memory-mapped: opening parses and validates
 /// the header, metadata and tensor infos; tensor data is paged in and dequantised on request.
 ///
@@ -160,9 +131,11 @@ public final class GGUFFile: TensorStore, @unchecked Sendable {
     /// `general.architecture`, e.g. "llama".
     public var architecture: String? { metadata["general.architecture"]?.string }
 
-    public init(path: String) throws(SheafError) {
+    /// `releasePages`: drop a tensor's mapped pages once it is read (the default; false only to
+    /// measure what that saves).
+    public init(path: String, releasePages: Bool = true) throws(SheafError) {
         self.path = path
-        file = try MappedFile(path: path)
+        file = try MappedFile(path: path, releasesPages: releasePages)
         var r = GGUFReader(bytes: file.bytes, path: path)
 
         r.context = "header"
@@ -295,8 +268,18 @@ public final class GGUFFile: TensorStore, @unchecked Sendable {
     /// The stored bytes as they are (any type).
     public func rawBytes(_ name: String) throws(SheafError) -> [UInt8] {
         let e = try entry(name)
+        defer { file.release(e.begin..<e.begin + e.byteCount) }
         return [UInt8](UnsafeRawBufferPointer(rebasing: file.bytes[e.begin..<e.begin + e.byteCount]))
     }
+
+    #if os(Linux)
+        /// How many whole pages of tensor `name`'s bytes this process has resident now (nil where
+        /// /proc/self/pagemap cannot be read): a conversion leaves none (`MappedFile.release`).
+        public func residentPages(_ name: String) throws(SheafError) -> (resident: Int, total: Int)? {
+            let e = try entry(name)
+            return file.residentPages(e.begin..<e.begin + e.byteCount)
+        }
+    #endif
 
     /// Dequantised values in the file's own row order: row-major in `info(name).shape`. Llama Q
     /// and K projections stay in GGUF's permuted row order; `LlamaPermutation.unpermute` converts.
@@ -307,6 +290,8 @@ public final class GGUFFile: TensorStore, @unchecked Sendable {
                 path: path,
                 detail: "tensor '\(printable(name))' is \(e.type.name), which Sheaf cannot dequantise (supported: \(GGMLQuant.supported.map(\.name).joined(separator: ", ")))")
         }
+        // Dequantised once: the mapped pages are not needed after this (see `MappedFile.release`).
+        defer { file.release(e.begin..<e.begin + e.byteCount) }
         do {
             return try GGMLQuant.dequantize(e.type, UnsafeRawBufferPointer(rebasing: file.bytes[e.begin..<e.begin + e.byteCount]), count: e.elementCount)
         } catch {

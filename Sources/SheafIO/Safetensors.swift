@@ -16,7 +16,7 @@ public enum SafetensorsDType: String, Sendable, CaseIterable {
 }
 
 /// One `.safetensors` file, memory-mapped: opening reads and validates only the header;
-/// tensor bytes are paged in when a tensor is read.
+/// tensor bytes are paged in when a tensor is read and released again once it is converted.
 ///
 /// Layout: 8-byte little-endian header length N, N bytes of JSON
 /// `{"__metadata__": {str: str}?, name: {"dtype", "shape", "data_offsets": [begin, end]}}`,
@@ -27,7 +27,7 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
     public let tensorNames: [String]
     let entries: [String: Entry]
     /// The mapped file (immutable; shared read-only).
-    let data: Data
+    let file: MappedFile
     let dataStart: Int
 
     struct Entry {
@@ -40,16 +40,15 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
     /// Headers above this are refused before allocating: real headers are a few MB at most.
     public static let maxHeaderBytes = 100 << 20
 
-    public init(path: String) throws(SheafError) {
+    /// `releasePages`: drop a tensor's mapped pages once it is read (the default; false only to
+    /// measure what that saves).
+    public init(path: String, releasePages: Bool = true) throws(SheafError) {
         self.path = path
         let fail = { (detail: String) in SheafError.io(path: path, detail: detail) }
-        let mapped: Data
-        do { mapped = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
-            throw fail("cannot open: \(error.localizedDescription)")
-        }
-        data = mapped
+        file = try MappedFile(path: path, releasesPages: releasePages)
+        let mapped = file.bytes
         guard mapped.count >= 8 else { throw fail("truncated: \(mapped.count) bytes, a safetensors file needs an 8-byte header length") }
-        let headerLength = mapped.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        let headerLength = UInt64(littleEndian: mapped.loadUnaligned(as: UInt64.self))
         guard headerLength <= UInt64(Self.maxHeaderBytes) else {
             throw fail("header length \(headerLength) exceeds the \(Self.maxHeaderBytes)-byte limit (corrupt or not safetensors)")
         }
@@ -57,7 +56,7 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
             throw fail("header length \(headerLength) runs past the end of the \(mapped.count)-byte file (truncated?)")
         }
         dataStart = 8 + Int(headerLength)
-        let headerBytes = mapped.subdata(in: 8..<dataStart)
+        let headerBytes = Data(mapped[8..<dataStart])
         guard String(data: headerBytes, encoding: .utf8) != nil else { throw fail("header is not valid UTF-8") }
         // One pass of Sheaf's own parser (duplicate keys refused, errors with a byte offset, a
         // few hundred bytes per tensor entry; JSONSerialization's NSDictionary cost ≈ 40× the header).
@@ -150,16 +149,28 @@ public final class SafetensorsFile: TensorStore, @unchecked Sendable {
     /// The stored bytes as they are (any dtype).
     public func rawBytes(_ name: String) throws(SheafError) -> [UInt8] {
         let e = try entry(name)
-        return [UInt8](data[e.begin..<e.end])
+        defer { file.release(e.begin..<e.end) }
+        return [UInt8](file.bytes[e.begin..<e.end])
     }
+
+    #if os(Linux)
+        /// How many whole pages of tensor `name`'s bytes this process has resident now (nil where
+        /// /proc/self/pagemap cannot be read): a conversion leaves none (`MappedFile.release`).
+        public func residentPages(_ name: String) throws(SheafError) -> (resident: Int, total: Int)? {
+            let e = try entry(name)
+            return file.residentPages(e.begin..<e.end)
+        }
+    #endif
 
     public func float32(_ name: String) throws(SheafError) -> [Float] {
         let e = try entry(name)
         let count = (e.end - e.begin) / e.dtype.byteSize
         var out = [Float](repeating: 0, count: count)
         let dtype = e.dtype
-        data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
-            let src = UnsafeRawBufferPointer(rebasing: raw[e.begin..<e.end])
+        // Converted once: the mapped pages are not needed after this (see `MappedFile.release`).
+        defer { file.release(e.begin..<e.end) }
+        do {
+            let src = UnsafeRawBufferPointer(rebasing: file.bytes[e.begin..<e.end])
             out.withUnsafeMutableBufferPointer { dst in
                 switch dtype {
                 case .F32:

@@ -46,14 +46,31 @@ public final class DecoderLayer: @unchecked Sendable {
     }
 }
 
+/// Where a model's token embedding E (vocabulary, hidden) lives.
+enum TokenEmbedding {
+    /// Untied: E on the host, rows copied per window.
+    case host([Float])
+    /// Tied: the output head's own Eᵀ (hidden, vocabulary) on the backend, and the (hidden,
+    /// hidden) identity that transposes gathered columns.
+    case transposedHead(MatrixView, identity: MatrixView)
+
+    /// `eT` (hidden, vocabulary) and the identity of its row count, uploaded to `backend`.
+    static func transposedHead(_ eT: MatrixView, on backend: any Backend) throws(SheafError) -> TokenEmbedding {
+        let d = eT.rows
+        var values = [Float](repeating: 0, count: d * d)
+        for i in 0..<d { values[i * d + i] = 1 }
+        return .transposedHead(eT, identity: try MatrixView(backend.upload(values, label: "identity"), rows: d, cols: d))
+    }
+}
+
 /// The Llama-family decoder (llama, mistral, qwen2, SmolLM): token embedding, per layer
 /// RMSNorm → grouped-query attention with RoPE → residual, RMSNorm → SwiGLU MLP → residual,
 /// final RMSNorm and a tied or untied output head. Float32 activations on any backend.
 public final class LlamaModel: @unchecked Sendable {
     public let config: ModelConfig
     public let backend: any Backend
-    /// (vocabulary, hidden) on the host: rows are gathered per window.
-    let embedding: [Float]
+    /// The token embedding E (vocabulary, hidden), held once.
+    let embedding: TokenEmbedding
     public var layers: [DecoderLayer]
     let finalNorm: MatrixView
     /// Output head W (vocabulary, hidden), tied to the embedding or not.
@@ -67,7 +84,21 @@ public final class LlamaModel: @unchecked Sendable {
         let loader = WeightLoader(files: files, backend: backend)
         config = files.config
         self.backend = backend
-        embedding = try loader.embedding()
+        // A tied head is E itself: the head's Eᵀ on the backend is the only copy, and rows are
+        // gathered from it. An untied model keeps E on the host, its only copy there too. The
+        // head is loaded first, while the transient copies of its conversion (E as read, then
+        // transposed) sit beside nothing else.
+        let tiedHead: DenseLinear?
+        if config.tiedEmbeddings {
+            let head = try DenseLinear(
+                weight: try loader.embedding(), outputSize: config.vocabularySize, inputSize: config.hiddenSize, on: backend,
+                name: "tied head")
+            embedding = try .transposedHead(head.weightT, on: backend)
+            tiedHead = head
+        } else {
+            embedding = .host(try loader.embedding())
+            tiedHead = nil
+        }
         var layers: [DecoderLayer] = []
         for i in 0..<config.layerCount {
             layers.append(try loader.layer(i))
@@ -75,9 +106,7 @@ public final class LlamaModel: @unchecked Sendable {
         }
         self.layers = layers
         finalNorm = try loader.vector("model.norm.weight", config.hiddenSize)
-        head = config.tiedEmbeddings
-            ? try DenseLinear(weight: embedding, outputSize: config.vocabularySize, inputSize: config.hiddenSize, on: backend, name: "tied head")
-            : try loader.outputHead()
+        if let tiedHead { head = tiedHead } else { head = try loader.outputHead() }
     }
 
     /// Scratch activations for one sequence of `tokens`.
@@ -120,15 +149,26 @@ public final class LlamaModel: @unchecked Sendable {
     /// The embedding rows of `tokens` as a (tokens, hidden) matrix on the backend.
     func embed(_ tokens: [Int32]) throws(SheafError) -> MatrixView {
         let d = config.hiddenSize
-        var rows = [Float](repeating: 0, count: tokens.count * d)
-        for (i, t) in tokens.enumerated() {
-            guard t >= 0, Int(t) < config.vocabularySize else {
-                throw .invalidArgument(op: "embed", detail: "token id \(t) outside the vocabulary of \(config.vocabularySize)")
-            }
-            for j in 0..<d { rows[i * d + j] = embedding[Int(t) * d + j] }
+        for t in tokens where t < 0 || Int(t) >= config.vocabularySize {
+            throw .invalidArgument(op: "embed", detail: "token id \(t) outside the vocabulary of \(config.vocabularySize)")
         }
-        return try MatrixView(backend.upload(rows, label: "embeddings"), rows: tokens.count, cols: d)
+        switch embedding {
+        case .host(let table):
+            var rows = [Float](repeating: 0, count: tokens.count * d)
+            for (i, t) in tokens.enumerated() { for j in 0..<d { rows[i * d + j] = table[Int(t) * d + j] } }
+            return try MatrixView(backend.upload(rows, label: "embeddings"), rows: tokens.count, cols: d)
+        case .transposedHead(let eT, let identity):
+            // Columns `tokens` of Eᵀ (hidden, vocabulary) are the rows wanted, transposed:
+            // gather them, then transpose with one GEMM against the identity (2·tokens·hidden²
+            // flops, under 0.2% of a forward pass, and exact: each output is one product by 1).
+            let columns = try backend.zeros(.float32, rows: d, cols: tokens.count)
+            try backend.gatherColumns(eT, labels: backend.upload(tokens, label: "token ids"), into: columns)
+            let rows = try backend.zeros(.float32, rows: tokens.count, cols: d)
+            try backend.gemm(columns, transposeA: true, identity, transposeB: false, into: rows, alpha: 1, beta: 0)
+            return rows
+        }
     }
+
 
     /// Key and value rows of earlier positions, per layer, for incremental decoding.
     public final class KVCache: @unchecked Sendable {

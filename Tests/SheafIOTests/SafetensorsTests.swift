@@ -296,3 +296,52 @@ func temporaryFolder(_ tag: String) throws -> String {
         }
     }
 }
+
+/// A tensor's mapped pages are released once it is converted (so a loaded model is resident
+/// once), and reading it again gives the same values from the file.
+@Suite struct MappedPagesTests {
+    #if os(Linux)
+        @Test func convertedTensorsReleaseTheirPages() throws {
+            let dir = try temporaryFolder("pages")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            // 96 KiB of F32 (23 whole pages or more) between two small neighbours.
+            let big = Matrix<Float>.random(rows: 96, cols: 256, seed: 3).values
+            let path = dir + "/a.safetensors"
+            try SafetensorsWriter.write(
+                [
+                    try TensorToWrite(name: "a", shape: [3], values: [1, 2, 3]),
+                    try TensorToWrite(name: "big", shape: [96, 256], values: big),
+                    try TensorToWrite(name: "z", shape: [2], values: [4, 5]),
+                ], metadata: [:], to: path)
+            // Without the release, a conversion leaves every page it read resident.
+            let keeping = try SafetensorsFile(path: path, releasePages: false)
+            #expect(try keeping.float32("big") == big)
+            let kept = try #require(try keeping.residentPages("big"))
+            #expect(kept.total >= 23 && kept.resident == kept.total, "kept: \(kept)")
+
+            let file = try SafetensorsFile(path: path)
+            #expect(try file.float32("big") == big)
+            let released = try #require(try file.residentPages("big"))
+            #expect(released.resident == 0 && released.total == kept.total, "after float32: \(released)")
+            // Back from the file, unchanged; the neighbours read as written.
+            #expect(try file.float32("big") == big)
+            #expect(try file.rawBytes("big") == (try TensorToWrite(name: "big", shape: [96, 256], values: big)).storedBytes())
+            #expect(try file.residentPages("big")?.resident == 0)
+            #expect(try file.float32("a") == [1, 2, 3] && file.float32("z") == [4, 5])
+        }
+
+        /// The same for the reference GGUF: Q4_1 blocks dequantised, then released.
+        @Test func ggufTensorsReleaseTheirPages() throws {
+            let path = GGUFModelTests.modelPath
+            try #require(FileManager.default.fileExists(atPath: path), "reference model missing at \(path): run scripts/fixtures")
+            let keeping = try GGUFFile(path: path, releasePages: false), file = try GGUFFile(path: path)
+            let name = "blk.3.ffn_up.weight"
+            let first = try keeping.float32(name)
+            let kept = try #require(try keeping.residentPages(name))
+            #expect(kept.total > 100 && kept.resident == kept.total, "kept: \(kept)")
+            #expect(try file.float32(name) == first)
+            #expect(try file.residentPages(name).map { $0.resident == 0 && $0.total == kept.total } == true)
+            #expect(try file.float32(name) == first)
+        }
+    #endif
+}

@@ -26,6 +26,32 @@ extension BackendSuites {
             }
         }
 
+        /// A tied model holds its embedding once (the head's Eᵀ on the backend, rows gathered from
+        /// it): its logits equal, bit for bit, those of the same model written untied with
+        /// lm_head = the embedding (which keeps a host table), on cpu and opencl.
+        @Test func tiedEmbeddingGathersFromTheHead() throws {
+            let tiedDir = try TinyModel.write(seed: 11, tied: true)
+            let untiedDir = tiedDir + "-untied"
+            try FileManager.default.createDirectory(atPath: untiedDir, withIntermediateDirectories: true)
+            defer { for d in [tiedDir, untiedDir] { try? FileManager.default.removeItem(atPath: d) } }
+            let tied = try ModelFiles.open(tiedDir)
+            var config = tied.config
+            config.tiedEmbeddings = false
+            try config.configJSON().write(to: URL(fileURLWithPath: untiedDir + "/config.json"))
+            var tensors = try tied.tensorNames.map { name in
+                try TensorToWrite(name: name, shape: try tied.info(name).shape, values: try tied.float32(name))
+            }
+            tensors.append(try TensorToWrite(name: "lm_head.weight", shape: [101, 64], values: try tied.float32("model.embed_tokens.weight")))
+            try SafetensorsWriter.writeModel(tensors, to: untiedDir)
+            let untied = try ModelFiles.open(untiedDir)
+            for be: any Backend in [Backends.cpu, try Backends.opencl()] {
+                let a = try LlamaModel(files: tied, backend: be).logits(Self.tokens)
+                let b = try LlamaModel(files: untied, backend: be).logits(Self.tokens)
+                #expect(a.values == b.values, "\(be.kind): tied and untied logits differ")
+            }
+            #expect(throws: SheafError.self) { try LlamaModel(files: tied, backend: Backends.cpu).logits([5, 101]) }
+        }
+
         /// Causality: the logits of a prefix do not depend on the tokens after it.
         @Test func laterTokensDoNotChangeEarlierLogits() throws {
             let dir = try TinyModel.write()

@@ -104,16 +104,17 @@ extension RealFixtures {
 }
 
 /// A tiny random Llama written as a HuggingFace folder: hidden 64, 4 query heads and 2
-/// key-value heads of 16, MLP 96, 2 layers (or `layers`), vocabulary 101.
+/// key-value heads of 16, MLP 96, 2 layers (or `layers`), vocabulary 101. `tied`: no
+/// lm_head.weight, the head is the embedding (as in SmolLM2).
 public enum TinyModel {
-    public static func write(seed: UInt64 = 7, attentionBias: Bool = false, nanIn: String? = nil, layers: Int = 2) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-tiny-\(getpid())-\(seed)-\(nanIn ?? "")-\(layers)").path
+    public static func write(seed: UInt64 = 7, attentionBias: Bool = false, nanIn: String? = nil, layers: Int = 2, tied: Bool = false) throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-tiny-\(getpid())-\(seed)-\(nanIn ?? "")-\(layers)\(tied ? "-tied" : "")").path
         try? FileManager.default.removeItem(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let config = try ModelConfig(
             architecture: attentionBias ? "qwen2" : "llama", hiddenSize: 64, intermediateSize: 96, layerCount: layers, headCount: 4,
             kvHeadCount: 2, headDim: 16, vocabularySize: 101, ropeTheta: 10_000, rmsNormEps: 1e-5, maxPositions: 512,
-            tiedEmbeddings: false, attentionBias: attentionBias)
+            tiedEmbeddings: tied, attentionBias: attentionBias)
         try config.configJSON().write(to: URL(fileURLWithPath: dir + "/config.json"))
         var rng = SplitMix64(seed: seed)
         var tensors: [TensorToWrite] = []
@@ -123,7 +124,7 @@ public enum TinyModel {
             tensors.append(try TensorToWrite(name: name, shape: shape, values: values))
         }
         try add("model.embed_tokens.weight", [101, 64], scale: 1)
-        try add("lm_head.weight", [101, 64], scale: 0.2)
+        if !tied { try add("lm_head.weight", [101, 64], scale: 0.2) }
         try add("model.norm.weight", [64], scale: 0.1, offset: 1)
         for i in 0..<layers {
             let p = "model.layers.\(i)."
