@@ -46,7 +46,7 @@ public enum CompressedCheckpoint {
             sheafVersion: p.sheafVersion, requestedRatio: r.requestedRatio, achievedRatio: 1 - Double(stored) / Double(dense),
             denseLinearParameters: dense, storedLinearParameters: stored, calibration: p.calibration, source: source.path,
             sourceChecksum: p.sourceChecksum, modules: r.output.modules,
-            method: .init(name: r.method, options: r.options, report: r.output.report.json))
+            method: .init(name: r.method, options: r.options, report: r.output.report.json), dtype: r.dtype.storageName)
     }
 
     /// Writes the checkpoint to `out` (a temporary sibling renamed when complete).
@@ -57,7 +57,10 @@ public enum CompressedCheckpoint {
         let manifest = try manifest(r, source: source, provenance: provenance)
         let replacedWeights = Set(r.output.modules.keys.map { $0 + ".weight" })
         let written = Set(r.output.tensors.map(\.name))
-        var sheafSection: [String: Any] = ["method": manifest.method.name, "achieved_ratio": manifest.achievedRatio, "manifest": CompressedManifest.fileName]
+        var sheafSection: [String: Any] = [
+            "method": manifest.method.name, "achieved_ratio": manifest.achievedRatio, "manifest": CompressedManifest.fileName,
+            "dtype": r.dtype.storageName,
+        ]
         if let ratio = manifest.requestedRatio { sheafSection["requested_ratio"] = ratio }
         try HFExport.writeFolder(
             to: out, replace: replace, inputs: [source.path], config: source.config,
@@ -67,7 +70,10 @@ public enum CompressedCheckpoint {
             // Deferred: each source tensor is read only when the writer reaches it.
             var tensors: [TensorToWrite] = []
             for name in source.tensorNames where !replacedWeights.contains(name) && !written.contains(name) {
-                tensors.append(try TensorToWrite(name: name, shape: try source.info(name).shape) { () throws(SheafError) in
+                // Matrices (the embedding, an untied head, modules left dense) in the checkpoint's
+                // storage; vectors (norms, biases: a few KB) stay F32.
+                let shape = try source.info(name).shape
+                tensors.append(try TensorToWrite(name: name, shape: shape, as: shape.count >= 2 ? r.dtype : .F32) { () throws(SheafError) in
                     try source.finiteFloat32(name, op: "compress")
                 })
             }

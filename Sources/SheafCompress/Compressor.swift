@@ -15,6 +15,9 @@ public struct CompressionResult: Sendable {
     public var sourceChecksum: String?
     /// Seconds per phase: "calibration", "method" (the method's per-layer steps and its finish).
     public var seconds: [String: Double]
+    /// Float storage of the checkpoint (F32, F16 or BF16): the method's float tensors are
+    /// already rounded to it; the untouched tensors of the source are written in it too.
+    public var dtype: SafetensorsDType = .F32
 
     /// A tensor of the output by name.
     public func tensor(_ name: String) -> Matrix<Float>? { output.tensors.first { $0.name == name }?.value }
@@ -22,10 +25,11 @@ public struct CompressionResult: Sendable {
 
 /// The shared driver: calibrates (or reads the cached Grams) layer by layer when the method
 /// asks for statistics, hands each layer to the method as soon as it is complete, and finishes.
+/// `dtype` is the float storage of the checkpoint: the method's output is rounded to it.
 public enum Compressor {
     public static func compress(
         files: ModelFiles, backend: any Backend, windows: [[Int32]], method: any CompressionMethod, cache: GramCache? = nil,
-        progress: @escaping (String) -> Void = { _ in }
+        dtype: SafetensorsDType = .F32, progress: @escaping (String) -> Void = { _ in }
     ) throws(SheafError) -> CompressionResult {
         let c = files.config
         guard files.manifest == nil else {
@@ -59,12 +63,12 @@ public enum Compressor {
         }
         let calibrationSeconds = monotonicSeconds() - t0 - methodSeconds
         let f0 = monotonicSeconds()
-        let output = try method.finish(context: context)
+        let output = try method.finish(context: context).stored(as: dtype)
         methodSeconds += monotonicSeconds() - f0
         return CompressionResult(
             method: method.name, requestedRatio: method.requestedRatio, options: method.recordedOptions, output: output,
             gramsFromCache: fromCache, sourceChecksum: checksum,
-            seconds: ["calibration": calibrationSeconds, "method": methodSeconds])
+            seconds: ["calibration": calibrationSeconds, "method": methodSeconds], dtype: dtype)
     }
 
     /// Each layer's input Grams, from the cache when it holds a complete entry, else by running

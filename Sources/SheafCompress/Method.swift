@@ -56,6 +56,42 @@ public struct MethodOutput: Sendable {
     }
 }
 
+extension MethodOutput {
+    /// The output as a checkpoint with float storage `dtype` (F32, F16 or BF16) holds it: each
+    /// tensor the method left to the default F32 rounded to `dtype` in place, so that whatever
+    /// reads this output afterwards (the checkpoint, its parameter counts, a test) sees the
+    /// values the file holds; tensors with a stored type of their own (codes, labels, a
+    /// method's F16 centroids) stay as they are. A finite value that `dtype` cannot hold is
+    /// refused by tensor name before anything is written.
+    public func stored(as dtype: SafetensorsDType) throws(SheafError) -> MethodOutput {
+        guard [.F32, .F16, .BF16].contains(dtype) else {
+            throw .invalidArgument(op: "compress", detail: "float tensors cannot be stored as \(dtype.rawValue) (f32, f16 or bf16)")
+        }
+        guard dtype != .F32 else { return self }
+        let isF16 = dtype == .F16
+        let roundTrip = { (x: Float) -> Float in
+            isF16 ? HalfFloat.f16ToFloat(HalfFloat.floatToF16(x)) : HalfFloat.bf16ToFloat(HalfFloat.floatToBF16(x))
+        }
+        var out = self
+        for (k, t) in tensors.enumerated() where storedTypes[t.name] == nil {
+            var m = t.value
+            for i in m.values.indices {
+                let x = m.values[i], r = roundTrip(x)
+                if x.isFinite && !r.isFinite {
+                    throw .invalidArgument(
+                        op: "compress --dtype \(dtype.storageName)",
+                        detail: "tensor '\(t.name)': value \(x) at element \(i) is beyond the range of \(dtype.rawValue)"
+                            + (dtype == .F16 ? " (±65504): use --dtype bf16 or f32" : ""))
+                }
+                m.values[i] = r
+            }
+            out.tensors[k].value = m
+            out.storedTypes[t.name] = dtype
+        }
+        return out
+    }
+}
+
 /// A method's report: a table the CLI prints as it is (one row per matrix type and group, or
 /// per layer and head: the method chooses), lines under it, and the same as JSON for sheaf.json
 /// and `--json`.

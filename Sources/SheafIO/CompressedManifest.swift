@@ -80,11 +80,17 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
     /// Module path ("model.layers.3.self_attn.q_proj") → how it is stored.
     public var modules: [String: Module]
     public var method: Method
+    /// The float storage `compress --dtype` chose ("f32", "f16", "bf16"): the method's float
+    /// tensors and the source's untouched matrices; vectors stay F32, codes and labels keep their
+    /// own types. nil in checkpoints written before it was recorded (all F32 then).
+    public var dtype: String?
 
     public init(
         sheafVersion: String, requestedRatio: Double?, achievedRatio: Double, denseLinearParameters: Int, storedLinearParameters: Int,
-        calibration: Calibration?, source: String, sourceChecksum: String, modules: [String: Module], method: Method
+        calibration: Calibration?, source: String, sourceChecksum: String, modules: [String: Module], method: Method,
+        dtype: String? = nil
     ) {
+        self.dtype = dtype
         self.sheafVersion = sheafVersion
         self.requestedRatio = requestedRatio
         self.achievedRatio = achievedRatio

@@ -140,3 +140,14 @@ public struct OutputFolder {
         throw .io(path: lock, detail: "cannot take the lock")
     }
 }
+
+/// Bytes of every regular file in `folder` (not following links into other folders): a
+/// checkpoint's size on disk as a user copying it sees it. 0 for a folder that cannot be read.
+public func folderBytes(_ folder: String) -> Int {
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+    return names.reduce(0) { total, name in
+        let attributes = try? FileManager.default.attributesOfItem(atPath: folder + "/" + name)
+        guard attributes?[.type] as? FileAttributeType == .typeRegular else { return total }
+        return total + ((attributes?[.size] as? Int) ?? 0)
+    }
+}

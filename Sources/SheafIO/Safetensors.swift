@@ -5,6 +5,18 @@ import SheafCore
 public enum SafetensorsDType: String, Sendable, CaseIterable {
     case F64, F32, F16, BF16, I64, I32, U16, I8, U8, BOOL
 
+    /// The float storage a user names on the command line (`--dtype f32|f16|bf16`).
+    public static let floatStorageNames: [(name: String, dtype: SafetensorsDType)] = [("f32", .F32), ("f16", .F16), ("bf16", .BF16)]
+
+    /// `f32`, `f16` or `bf16` → F32, F16, BF16; nil for anything else.
+    public init?(floatStorage name: String) {
+        guard let found = Self.floatStorageNames.first(where: { $0.name == name }) else { return nil }
+        self = found.dtype
+    }
+
+    /// The command-line name of a float storage type (`f16`), else the dtype's own name.
+    public var storageName: String { Self.floatStorageNames.first { $0.dtype == self }?.name ?? rawValue }
+
     public var byteSize: Int {
         switch self {
         case .F64, .I64: 8

@@ -32,7 +32,8 @@ let methodOptionsHelp: String = {
 let compressHelp = """
     USAGE: sheaf compress MODEL --out DIR [--method NAME] [METHOD OPTIONS]
                           [--calib FILE]... [--protocol S|W|P] [--calib-windows N --calib-len L]
-                          [--backend auto|cpu|opencl] [--no-cache] [--eval] [--json] [--force]
+                          [--dtype f16|bf16|f32] [--backend auto|cpu|opencl] [--no-cache] [--eval]
+                          [--json] [--force]
 
     Compresses the decoder's linear layers (q, k, v, o, gate, up, down) of MODEL (a HuggingFace
     folder or a GGUF file) and writes a Sheaf checkpoint to DIR that 'sheaf eval', 'sheaf
@@ -48,6 +49,12 @@ let compressHelp = """
                        text; W: the same on wikitext-2-raw/wiki.test.tail.raw, in-domain text the
                        evaluation never reads; P: 256 of 2048); --calib-windows, --calib-len and
                        --calib override it.
+      --dtype T        float storage of the checkpoint: f16 (default), bf16 or f32. The method's
+                       factors and the source's untouched matrices (the embedding) are stored
+                       as T, rounded to nearest even; norms stay f32; quantisation codes, labels
+                       and a method's own F16 tensors keep their types. f16 halves the file at
+                       +0.1% perplexity (BENCHMARKS.md); a value beyond f16's ±65504 is
+                       refused by tensor name (use bf16 or f32 then).
       --no-cache       do not read or write the calibration Gram cache ($SHEAF_CACHE/grams, else
                        ~/.cache/sheaf/grams), keyed by the model's checksum and the calibration windows.
       --eval           evaluate the result under Protocol S (WikiText-2 test, 32 × 2048 tokens).
@@ -86,7 +93,18 @@ func extractRepeated(_ name: String, from args: [String]) throws(UsageError) -> 
 
 enum CompressCommand {
     /// The common options and flags of `compress`, whatever the method.
-    static let commonOptions: Set<String> = ["out", "method", "protocol", "calib-windows", "calib-len", "backend"]
+    static let commonOptions: Set<String> = ["out", "method", "protocol", "calib-windows", "calib-len", "backend", "dtype"]
+    /// `--dtype`'s default: half the bytes of f32 for +0.1% perplexity (BENCHMARKS.md, Savings I).
+    static let defaultDType = SafetensorsDType.F16
+
+    /// The float storage named by `--dtype` (default f16).
+    static func dtype(_ value: String?) throws(UsageError) -> SafetensorsDType {
+        guard let value else { return defaultDType }
+        guard let dtype = SafetensorsDType(floatStorage: value) else {
+            throw UsageError(description: "--dtype must be f32, f16 or bf16, got '\(value)'")
+        }
+        return dtype
+    }
     static let commonFlags: Set<String> = ["eval", "json", "force", "no-cache", "help"]
 
     /// The method named by `--method` (default basis-sharing), before the rest is parsed: its
@@ -158,6 +176,7 @@ enum CompressCommand {
         }
         let (defaultCount, defaultLength) = CalibrationWindows.size(for: proto)
         let count = try a.int("calib-windows") ?? defaultCount, length = try a.int("calib-len") ?? defaultLength
+        let dtype = try dtype(a.value("dtype"))
         let t0 = monotonicSeconds()
 
         // Everything that can be refused is checked before the long work starts.
@@ -181,11 +200,12 @@ enum CompressCommand {
         let given = methodArguments.values.sorted { $0.key < $1.key }.map { "--\($0.key) \($0.value.joined(separator: ","))" }
             + methodArguments.flags.sorted().map { "--\($0)" }
         note("compress: \(method.name)\(given.isEmpty ? "" : " " + given.joined(separator: " ")), "
-            + "\(count) calibration windows of \(length) tokens on \(backend.kind.rawValue) (\(backend.deviceName))")
+            + "\(count) calibration windows of \(length) tokens on \(backend.kind.rawValue) (\(backend.deviceName)), stored as \(dtype.storageName)")
         let loadSeconds = monotonicSeconds() - t0
 
         let result = try Compressor.compress(
-            files: files, backend: backend, windows: windows, method: method, cache: cache, progress: { note("compress: " + $0) })
+            files: files, backend: backend, windows: windows, method: method, cache: cache, dtype: dtype,
+            progress: { note("compress: " + $0) })
         let w0 = monotonicSeconds()
         let provenance = try provenance(
             protocolName: a.value("calib-windows") == nil && a.value("calib-len") == nil && calib.isEmpty ? protocolName : nil,
@@ -214,7 +234,7 @@ enum CompressCommand {
             manifest: manifest, table: result.output.report, seconds: seconds, gramsFromCache: result.gramsFromCache,
             calibrationTokensPerSecond: result.gramsFromCache || method.statistics == .none
                 ? nil : Double(count * length) / (result.seconds["calibration"] ?? 1),
-            peakResidentBytes: peakResidentBytes(), evaluation: evaluation)
+            peakResidentBytes: peakResidentBytes(), evaluation: evaluation, dtype: dtype.storageName, bytesOnDisk: folderBytes(out))
         if a.flag("json") { try printJSON(report) } else { report.print() }
         return 0
     }
@@ -248,9 +268,12 @@ enum CompressCommand {
         var calibrationTokensPerSecond: Double?
         var peakResidentBytes: Int?
         var evaluation: PerplexityResult?
+        /// The float storage (`--dtype`) and the bytes of every file in the checkpoint folder.
+        var dtype: String
+        var bytesOnDisk: Int
 
         enum CodingKeys: String, CodingKey {
-            case manifest, seconds, gramsFromCache, calibrationTokensPerSecond, peakResidentBytes, evaluation
+            case manifest, seconds, gramsFromCache, calibrationTokensPerSecond, peakResidentBytes, evaluation, dtype, bytesOnDisk
         }
 
         func print() {
@@ -261,6 +284,7 @@ enum CompressCommand {
             Swift.print("linear parameters: \(m.denseLinearParameters) -> \(m.storedLinearParameters); ratio "
                 + (m.requestedRatio.map { "requested \($0), " } ?? "") + "achieved \(String(format: "%.4f", m.achievedRatio))"
                 + (table.notes.isEmpty ? "" : "; " + table.notes.joined(separator: ", ")))
+            Swift.print("checkpoint: \(fixed(Double(bytesOnDisk) / 1e6)) MB on disk, float tensors stored as \(dtype)")
             let phases = ["load", "calibration", "method", "write", "evaluation", "total"]
             let times: [String] = phases.compactMap { p in seconds[p].map { "\(p) \(fixed($0)) s" } }
             var source = ""

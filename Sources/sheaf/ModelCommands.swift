@@ -99,12 +99,9 @@ enum ModelCommands {
         if a.flag("help") { print(convertHelp); return 0 }
         guard a.positionals.count == 1 else { throw UsageError(description: "convert takes one MODEL (a folder or a .gguf file)") }
         guard let out = a.value("out") else { throw UsageError(description: "convert needs --out DIR") }
-        let dtype: SafetensorsDType
-        switch a.value("dtype") ?? "f32" {
-        case "f32": dtype = .F32
-        case "f16": dtype = .F16
-        case "bf16": dtype = .BF16
-        case let other: throw UsageError(description: "--dtype must be f32, f16 or bf16, got '\(other)'")
+        let name = a.value("dtype") ?? "f32"
+        guard let dtype = SafetensorsDType(floatStorage: name) else {
+            throw UsageError(description: "--dtype must be f32, f16 or bf16, got '\(name)'")
         }
         let model = try ModelFiles.open(a.positionals[0])
         guard model.manifest == nil else {

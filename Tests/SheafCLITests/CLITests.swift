@@ -155,7 +155,8 @@ extension BackendSuites {
             let reference = out + ".csv"
             try "ratio,perplexity,label\n0.1,182.84,official\n".write(toFile: reference, atomically: true, encoding: .utf8)
             let common = ["sweep", RealFixtures.modelPath, "--methods", "basis-sharing", "--matrices", "q", "--calib-windows", "4",
-                          "--calib-len", "128", "--eval-windows", "1", "--no-cache", "--backend", "cpu", "--reference", reference, "--out", out]
+                          "--calib-len", "128", "--eval-windows", "1", "--no-cache", "--backend", "cpu", "--reference", reference, "--out", out,
+                          "--dtype", "f32"]  // f32: the storage of sweeps before --dtype, whose keys carry no dtype
             let first = try sheaf(common + ["--budgets", "0.01", "--allocate", "uniform,spectrum"])
             #expect(first.status == 0, "\(first.stderr.suffix(500))")
             struct Results: Decodable { var densePerplexity: Double; var points: [Point] }

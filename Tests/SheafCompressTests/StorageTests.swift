@@ -1,0 +1,98 @@
+import Foundation
+import SheafBackend
+import SheafCompress
+import SheafCore
+import SheafIO
+import SheafModel
+import SheafTestSupport
+import Testing
+
+/// `compress --dtype`: a checkpoint's float storage (Savings I, step 2).
+extension BackendSuites {
+    @Suite struct StorageDType {
+        /// Compresses the tiny model (Basis Sharing at 0.5) with float storage `dtype` and writes it.
+        static func checkpoint(_ source: ModelFiles, _ dtype: SafetensorsDType, tag: String) throws -> String {
+            let method = try WhitenedSVDMethod(options: CompressFixture.options(.basisSharing, ratio: 0.5), config: source.config)
+            let r = try Compressor.compress(
+                files: source, backend: Backends.cpu, windows: CompressFixture.windows, method: method, dtype: dtype)
+            let out = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-dtype-\(getpid())-\(tag)").path
+            _ = try CompressedCheckpoint.write(
+                r, source: source, provenance: .init(sheafVersion: "test", calibration: nil, sourceChecksum: "test"), to: out, replace: true)
+            return out
+        }
+
+        /// Every tensor of an F16 (BF16) checkpoint is, bit for bit, the F16 (BF16) rounding of its
+        /// twin in the F32 checkpoint made from the same inputs: the factors, the embedding and the
+        /// untied head; vectors (norms) stay F32 and equal. The model loads and runs, its logits
+        /// within the storage's rounding of the F32 checkpoint's, and sheaf.json records the type.
+        @Test func storedTensorsAreTheRoundingOfTheirF32Twins() throws {
+            let dir = try TinyModel.write(seed: 31)
+            let source = try ModelFiles.open(dir)
+            let f32 = try Self.checkpoint(source, .F32, tag: "f32")
+            defer { for d in [dir, f32] { try? FileManager.default.removeItem(atPath: d) } }
+            let twin = try SafetensorsFile(path: f32 + "/model.safetensors")
+            let f32Logits = try LlamaModel(files: try ModelFiles.open(f32), backend: Backends.cpu).logits(CompressFixture.evalTokens).values
+            for dtype in [SafetensorsDType.F16, .BF16] {
+                let out = try Self.checkpoint(source, dtype, tag: dtype.storageName)
+                defer { try? FileManager.default.removeItem(atPath: out) }
+                let file = try SafetensorsFile(path: out + "/model.safetensors")
+                #expect(file.tensorNames == twin.tensorNames)
+                var matrices = 0
+                for name in twin.tensorNames {
+                    let shape = try twin.info(name).shape
+                    #expect(try twin.dtype(name) == .F32, "\(name) in the f32 checkpoint")
+                    if shape.count >= 2 {
+                        matrices += 1
+                        let rounded = try TensorToWrite(name: name, shape: shape, values: try twin.float32(name), as: dtype).storedBytes()
+                        let stored = try file.dtype(name)
+                        #expect(stored == dtype, "\(name): \(stored)")
+                        #expect(try file.rawBytes(name) == rounded, "\(name) is not the \(dtype.rawValue) rounding of its F32 twin")
+                    } else {
+                        #expect(try file.dtype(name) == .F32 && file.rawBytes(name) == twin.rawBytes(name), "\(name)")
+                    }
+                }
+                #expect(matrices >= 20, "\(matrices) matrices compared")
+                #expect(try CompressedManifest.load(out + "/sheaf.json").dtype == dtype.storageName)
+                let logits = try LlamaModel(files: try ModelFiles.open(out), backend: Backends.cpu).logits(CompressFixture.evalTokens).values
+                // Each weight moves by ≤ u relative (u = 2⁻¹¹ for F16, 2⁻⁸ for BF16); a handful of
+                // roundings compound through two layers: a loose, scale-free bound on the logits.
+                let u = dtype == .F16 ? 0x1p-11 : 0x1p-8
+                let error = CompressFixture.nmse(logits, f32Logits)
+                #expect(error < 100 * u * u && error > 0, "\(dtype.rawValue): logits NMSE \(error) against the f32 checkpoint")
+            }
+        }
+
+        /// A value F16 cannot hold is refused by tensor name, in a method's output and in an
+        /// untouched tensor of the source, and nothing is written; BF16 holds it.
+        @Test func f16OverflowIsRefusedByName() throws {
+            let out = MethodOutput(
+                modules: [:], tensors: [("a", try Matrix(rows: 1, cols: 2, values: [1, 2])), ("big", try Matrix(rows: 1, cols: 3, values: [1, -7e4, 2]))],
+                report: MethodReport(columns: [], rows: [], json: .null))
+            #expect { try out.stored(as: .F16) } throws: { "\($0)".contains("tensor 'big'") && "\($0)".contains("65504") }
+            #expect(try out.stored(as: .BF16).tensors[1].value.values == [1, -70144, 2])  // -7e4 to 8 significant bits
+            #expect(try out.stored(as: .F32).tensors[1].value.values == [1, -7e4, 2])
+
+            // An embedding with 1e5 in it: compress works (the method never stores it), the write refuses.
+            let dir = try TinyModel.write(seed: 33)
+            let big = dir + "-big"
+            defer { for d in [dir, big] { try? FileManager.default.removeItem(atPath: d) } }
+            let tiny = try ModelFiles.open(dir)
+            try FileManager.default.createDirectory(atPath: big, withIntermediateDirectories: true)
+            try tiny.config.configJSON().write(to: URL(fileURLWithPath: big + "/config.json"))
+            try SafetensorsWriter.writeModel(
+                try tiny.tensorNames.map { name in
+                    var values = try tiny.float32(name)
+                    if name == "model.embed_tokens.weight" { values[5] = 1e5 }
+                    return try TensorToWrite(name: name, shape: try tiny.info(name).shape, values: values)
+                }, to: big)
+            let refused = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-dtype-\(getpid())-refused").path
+            #expect { try Self.checkpoint(try ModelFiles.open(big), .F16, tag: "refused") } throws: {
+                "\($0)".contains("tensor 'model.embed_tokens.weight'") && "\($0)".contains("65504")
+            }
+            #expect(!FileManager.default.fileExists(atPath: refused))
+            let bf16 = try Self.checkpoint(try ModelFiles.open(big), .BF16, tag: "bf16-big")
+            try? FileManager.default.removeItem(atPath: bf16)
+        }
+    }
+}
+
