@@ -17,6 +17,10 @@
 // kl_divergence: kl[r] = KL(softmax(a[r]) || softmax(b[r])) = S/Za - ma + mb - log Za + log Zb,
 //   m the row maxima, Z the max-subtracted sums of exponentials, S = sum e^(a - ma) (a - b);
 //   the sums in double, clamped at 0. One work-group of RW per row: global (RW, rows), local (RW, 1).
+// half_to_float, bfloat16_to_float: out[r, c] = the float value of the 16-bit src[r, c] (IEEE
+//   binary16 through vload_half, core in OpenCL 1.2 without cl_khr_fp16; bfloat16 as the top
+//   half of a float's bits), src and out (rows, cols). NDRange: global (cols, rows): consecutive
+//   work-items read consecutive 2-byte elements and write consecutive floats (coalesced).
 // gather_columns: out[r, i] = src[r, labels[i]] (0 for a label outside 0..k-1), src (rows, k),
 //   out (rows, n). NDRange: global (n, rows): consecutive work-items write consecutive outputs of
 //   one row (coalesced); their reads hit the k columns of the same row, which stay in cache.
@@ -119,6 +123,24 @@ __kernel void add_inplace(const int rows, const int cols,
     const int c = get_global_id(0), r = get_global_id(1);
     if (c >= cols || r >= rows) return;
     y[offY + r * ldy + c] += x[offX + r * ldx + c];
+}
+
+__kernel void half_to_float(const int rows, const int cols,
+                            __global const half *src, const int offS, const int lds,
+                            __global float *out, const int offO, const int ldo)
+{
+    const int c = get_global_id(0), r = get_global_id(1);
+    if (c >= cols || r >= rows) return;
+    out[offO + r * ldo + c] = vload_half(offS + r * lds + c, src);
+}
+
+__kernel void bfloat16_to_float(const int rows, const int cols,
+                                __global const ushort *src, const int offS, const int lds,
+                                __global float *out, const int offO, const int ldo)
+{
+    const int c = get_global_id(0), r = get_global_id(1);
+    if (c >= cols || r >= rows) return;
+    out[offO + r * ldo + c] = as_float((uint)src[offS + r * lds + c] << 16);
 }
 
 __kernel void gather_columns(const int rows, const int n, const int k,

@@ -1,15 +1,21 @@
 import SheafCore
 
-/// Element types a backend buffer can hold.
+/// Element types a backend buffer can hold. `float16` (IEEE binary16) and `bfloat16` are
+/// storage types only: weights kept as a checkpoint stores them, read by
+/// `convertToFloat32` into float32 before any arithmetic.
 public enum ScalarType: String, Sendable {
-    case float32, float64, int32
+    case float32, float64, int32, float16, bfloat16
 
     public var byteSize: Int {
         switch self {
         case .float32, .int32: 4
         case .float64: 8
+        case .float16, .bfloat16: 2
         }
     }
+
+    /// Whether buffers of this type hold 16-bit float storage (`convertToFloat32`'s sources).
+    public var isHalfStorage: Bool { self == .float16 || self == .bfloat16 }
 }
 
 /// Swift types that map onto a `ScalarType`.
@@ -180,6 +186,12 @@ public protocol Backend: AnyObject, Sendable {
     /// the inputs of each cluster summed (x·A for the (n, k) one-hot assignment A), summed in
     /// member order. Members and starts are checked like `gatherColumns`' labels.
     func sumColumnGroups(_ src: MatrixView, members: DeviceBuffer, starts: DeviceBuffer, into out: MatrixView) throws(SheafError)
+
+    /// out = the float32 values of src, a (rows, cols) view of a `float16` or `bfloat16`
+    /// buffer (any row stride and offset, in elements), out (rows, cols) float32: weights kept in
+    /// their stored 16-bit form are converted into a scratch just before a product reads them.
+    /// Exact (every 16-bit value is a float32); infinities and NaN carry over.
+    func convertToFloat32(_ src: MatrixView, into out: MatrixView) throws(SheafError)
 
     // MARK: forward-pass element-wise ops (float32, rows are tokens)
 

@@ -100,6 +100,18 @@ extension OpenCLBackend {
              .buffer(logits.buffer), .int(logits.offset), .int(logits.rowStride), .buffer(kl)])
     }
 
+    // MARK: stored weights
+
+    public func convertToFloat32(_ src: MatrixView, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [src, out], op: "convertToFloat32")
+        try Check.convertToFloat32(src, out)
+        try runtime.launch(
+            src.buffer.scalar == .float16 ? "half_to_float" : "bfloat16_to_float", in: "forward", tunables,
+            global: [out.cols, out.rows], local: nil,
+            [.int(out.rows), .int(out.cols), .buffer(src.buffer), .int(src.offset), .int(src.rowStride),
+             .buffer(out.buffer), .int(out.offset), .int(out.rowStride)])
+    }
+
     // MARK: clustered layers
 
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {

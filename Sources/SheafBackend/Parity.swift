@@ -467,6 +467,32 @@ public enum Parity {
         return result("add", backend, "(\(rows), \(cols))", error, elementwiseTolerance(ulps: 1), f)
     }
 
+    /// Random 16-bit patterns of `scalar` (float16 or bfloat16), finite ones only plus ±infinity
+    /// in the first row, in a strided view (stride cols + 5, offset 3); exact, so the error is 0.
+    public static func convertToFloat32(
+        _ backend: any Backend, _ reference: any Backend, rows: Int, cols: Int, scalar: ScalarType, seed: UInt64 = 1
+    ) throws(SheafError) -> ParityResult {
+        let stride = cols + 5, offset = 3
+        var rng = SplitMix64(seed: seed)
+        var bits = [UInt16](repeating: 0x7E00, count: offset + rows * stride)  // a NaN pattern outside the view
+        for r in 0..<rows {
+            for c in 0..<cols {
+                var b = UInt16(truncatingIfNeeded: rng.next())
+                // Exponent all ones is infinity or NaN: keep it only as ±infinity in row 0.
+                let exponentMask: UInt16 = scalar == .float16 ? 0x7C00 : 0x7F80
+                if b & exponentMask == exponentMask { b = r == 0 ? (b & 0x8000) | exponentMask : b & ~0x4000 }
+                bits[offset + r * stride + c] = b
+            }
+        }
+        let (error, f) = try compareOutputs(backend, reference, start: Matrix<Float>.zeros(rows: rows, cols: cols), pad: 2, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
+            let buffer = try withBytes(of: bits) { (raw) throws(SheafError) in try be.uploadBytes(raw, as: scalar) }
+            try be.convertToFloat32(try MatrixView(buffer, rows: rows, cols: cols, rowStride: stride, offset: offset), into: out)
+        }
+        // A conversion: exact.
+        return result("convertToFloat32", backend, "\(scalar) (\(rows), \(cols)) stride \(stride)", error, 0, f)
+    }
+
     /// Random labels in 0..<k (some columns never used, some used many times), strided operands.
     public static func gatherColumns(_ backend: any Backend, _ reference: any Backend, rows: Int, k: Int, n: Int, seed: UInt64 = 1)
         throws(SheafError) -> ParityResult
@@ -573,6 +599,10 @@ public enum Parity {
             ("siluMultiply", { () throws(SheafError) in try siluMultiply(backend, reference, rows: 17, cols: 100) }),
             ("add", { () throws(SheafError) in try add(backend, reference, rows: 17, cols: 100) }),
             ("gatherColumns", { () throws(SheafError) in try gatherColumns(backend, reference, rows: 17, k: 19, n: 100) }),
+            ("convertToFloat32", { () throws(SheafError) in
+                try convertToFloat32(backend, reference, rows: 17, cols: 100, scalar: .float16) }),
+            ("convertToFloat32", { () throws(SheafError) in
+                try convertToFloat32(backend, reference, rows: 17, cols: 100, scalar: .bfloat16) }),
             ("sumColumnGroups", { () throws(SheafError) in try sumColumnGroups(backend, reference, rows: 17, n: 100, k: 19) }),
             ("crossEntropy", { () throws(SheafError) in try crossEntropy(backend, reference, rows: 9, vocabulary: 1000) }),
             ("klDivergence", { () throws(SheafError) in try klDivergence(backend, reference, rows: 9, vocabulary: 1000) }),

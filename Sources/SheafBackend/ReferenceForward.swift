@@ -120,6 +120,30 @@ extension ReferenceBackend {
         }
     }
 
+    /// The bit-level definition of each format, element by element.
+    public func convertToFloat32(_ src: MatrixView, into out: MatrixView) throws(SheafError) {
+        try Check.owner(self, [src, out], op: "convertToFloat32")
+        try Check.convertToFloat32(src, out)
+        let ps = host(src.buffer).assumingMemoryBound(to: UInt16.self), po = floats(out)
+        for r in 0..<src.rows {
+            for c in 0..<src.cols {
+                let bits = ps[src.offset + r * src.rowStride + c]
+                po[r * out.rowStride + c] = src.buffer.scalar == .bfloat16 ? Float(bitPattern: UInt32(bits) << 16) : Self.binary16(bits)
+            }
+        }
+    }
+
+    /// IEEE binary16 from its fields: (−1)^s · 2^(e−15) · (1 + m/1024), subnormals 2^−14 · m/1024.
+    static func binary16(_ bits: UInt16) -> Float {
+        let sign: Double = bits & 0x8000 != 0 ? -1 : 1
+        let e = Int((bits >> 10) & 0x1F), m = Double(bits & 0x3FF)
+        switch e {
+        case 0: return Float(sign * 0x1p-14 * m / 1024)
+        case 31: return m == 0 ? Float(sign) * .infinity : .nan
+        default: return Float(sign * pow(2, Double(e - 15)) * (1 + m / 1024))
+        }
+    }
+
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {
         try Check.owner(self, [src, out], [labels], op: "gatherColumns")
         try Check.gatherColumns(src, labels, out)

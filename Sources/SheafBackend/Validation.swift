@@ -144,6 +144,18 @@ enum Check {
         }
     }
 
+    static func convertToFloat32(_ src: MatrixView, _ out: MatrixView) throws(SheafError) {
+        let op = "convertToFloat32"
+        guard src.buffer.scalar.isHalfStorage else {
+            throw .invalidArgument(op: op, detail: "src must be float16 or bfloat16, is \(src.buffer.scalar)")
+        }
+        try scalar(out, .float32, "out", op: op)
+        guard src.rows == out.rows, src.cols == out.cols, src.rowStride != 0 else {
+            throw .shapeMismatch(op: op, detail: "src \(src.shape), out \(out.shape)")
+        }
+        for v in [src, out] { try fitsInt32(v, op: op) }
+    }
+
     static func gatherColumns(_ src: MatrixView, _ labels: DeviceBuffer, _ out: MatrixView) throws(SheafError) {
         let op = "gatherColumns"
         try float32Pair(src, out, op: op)

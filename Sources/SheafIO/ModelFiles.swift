@@ -205,6 +205,29 @@ public final class ModelFiles: @unchecked Sendable {
         return try LlamaPermutation.unpermute(values, shape: try store.info(s.storeName).shape, heads: heads)
     }
 
+    /// A tensor stored as F16 or BF16 in a safetensors folder, as its 16-bit patterns in the
+    /// HuggingFace layout (row-major in `info(name).shape`), checked for infinities and NaN by
+    /// name; nil when it is stored otherwise (F32, a GGUF block type), for `float32` to read. What
+    /// keeps a 16-bit checkpoint 16-bit in memory.
+    public func halfBits(_ name: String) throws(SheafError) -> (dtype: SafetensorsDType, bits: [UInt16])? {
+        let s = try source(name)
+        guard s.unpermuteHeads == nil, format == .safetensors, let dtype = SafetensorsDType(rawValue: try info(name).type),
+            dtype == .F16 || dtype == .BF16
+        else { return nil }
+        let bytes: [UInt8]
+        if let file = store as? SafetensorsFile { bytes = try file.rawBytes(s.storeName) } else if let shards = store as? ShardedSafetensors {
+            bytes = try shards.rawBytes(s.storeName)
+        } else { return nil }
+        var bits = [UInt16](repeating: 0, count: bytes.count / 2)
+        for i in bits.indices { bits[i] = UInt16(bytes[2 * i]) | UInt16(bytes[2 * i + 1]) << 8 }
+        let special: UInt16 = dtype == .F16 ? 0x7C00 : 0x7F80  // exponent all ones: infinity or NaN
+        if let bad = bits.firstIndex(where: { $0 & special == special }) {
+            let value = dtype == .F16 ? HalfFloat.f16ToFloat(bits[bad]) : HalfFloat.bf16ToFloat(bits[bad])
+            throw .nonFinite(op: "load \(path)", what: "tensor '\(name)' at element \(bad) (\(value))")
+        }
+        return (dtype, bits)
+    }
+
     /// `float32(name)`, refused with the tensor's name and the first bad element when any value is
     /// NaN or infinite: what a command that writes a model copies (a written model must not carry
     /// values that `eval` would refuse).

@@ -1,5 +1,6 @@
 import SheafBackend
 import SheafCore
+import SheafIO
 
 /// y = x·Wᵀ (+ b) for a batch of rows x (rows, inputSize) → y (rows, outputSize), in whatever
 /// factored form the weights take. The forward pass knows only this protocol; the compression
@@ -17,23 +18,27 @@ public protocol LinearLayer: AnyObject, Sendable {
 
 /// A dense weight W (outputSize, inputSize), kept on the backend as Wᵀ (inputSize,
 /// outputSize) so the product is a plain x·Wᵀ GEMM with no transposed operand, which every
-/// backend (and the CPU-driver OpenCL kernels) runs fastest.
+/// backend (and the CPU-driver OpenCL kernels) runs fastest. Wᵀ stays in its stored type
+/// (`ResidentMatrix`); a 16-bit one is converted a block of at most `convertedElements`
+/// columns×rows at a time (the output head: 28M weights, in 8 blocks), so the scratch stays small.
 public final class DenseLinear: LinearLayer, @unchecked Sendable {
     public let inputSize: Int
     public let outputSize: Int
     let backend: any Backend
     /// Wᵀ: (inputSize, outputSize).
-    let weightT: MatrixView
+    public let weightT: ResidentMatrix
     /// (1, outputSize), or nil.
     let bias: MatrixView?
     public let storedTensors: [String: Int]
+    /// Most float32 elements a 16-bit weight is converted into at once (16 MB).
+    static let convertedElements = 4 << 20
 
     /// `weight`: W as (outputSize, inputSize) row-major values. `name`: the module path; its
     /// tensors are `name.weight` and `name.bias`.
-    public init(weight: [Float], outputSize: Int, inputSize: Int, bias: [Float]? = nil, on backend: any Backend, name: String)
+    public convenience init(weight: [Float], outputSize: Int, inputSize: Int, bias: [Float]? = nil, on backend: any Backend, name: String)
         throws(SheafError)
     {
-        guard weight.count == outputSize * inputSize, bias == nil || bias!.count == outputSize else {
+        guard weight.count == outputSize * inputSize else {
             throw .shapeMismatch(op: "DenseLinear", detail: "\(name): \(weight.count) weights for (\(outputSize), \(inputSize))")
         }
         var transposed = [Float](repeating: 0, count: weight.count)
@@ -42,16 +47,44 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
                 for o in 0..<outputSize { for i in 0..<inputSize { t[i * outputSize + o] = w[o * inputSize + i] } }
             }
         }
+        let weightT = try MatrixView(backend.upload(transposed, label: name), rows: inputSize, cols: outputSize)
+        try self.init(weightT: ResidentMatrix(weightT), bias: bias, on: backend, name: name)
+    }
+
+    /// W as stored, 16-bit: `bits` of (outputSize, inputSize) row-major, kept 16-bit as Wᵀ.
+    public convenience init(
+        weightBits bits: [UInt16], dtype: SafetensorsDType, outputSize: Int, inputSize: Int, bias: [Float]? = nil, scratch: Scratch,
+        on backend: any Backend, name: String
+    ) throws(SheafError) {
+        let weightT = try ResidentMatrix(
+            bits: bits, dtype: dtype, rows: outputSize, cols: inputSize, transposed: true, scratch: scratch, on: backend, label: name)
+        try self.init(weightT: weightT, bias: bias, on: backend, name: name)
+    }
+
+    init(weightT: ResidentMatrix, bias: [Float]?, on backend: any Backend, name: String) throws(SheafError) {
+        let (inputSize, outputSize) = (weightT.rows, weightT.cols)
+        guard bias == nil || bias!.count == outputSize else {
+            throw .shapeMismatch(op: "DenseLinear", detail: "\(name): \(bias!.count) biases for \(outputSize) outputs")
+        }
         self.inputSize = inputSize
         self.outputSize = outputSize
         self.backend = backend
-        weightT = try MatrixView(backend.upload(transposed, label: name), rows: inputSize, cols: outputSize)
+        self.weightT = weightT
         self.bias = try bias.map { (b) throws(SheafError) in try MatrixView(backend.upload(b, label: name + " bias"), rows: 1, cols: outputSize) }
-        storedTensors = [name + ".weight": weight.count].merging(bias == nil ? [:] : [name + ".bias": outputSize]) { $1 }
+        storedTensors = [name + ".weight": inputSize * outputSize].merging(bias == nil ? [:] : [name + ".bias": outputSize]) { $1 }
     }
 
     public func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
-        try backend.gemm(x, transposeA: false, weightT, transposeB: false, into: y, alpha: 1, beta: 0)
+        if weightT.scratch == nil {
+            try backend.gemm(x, transposeA: false, weightT.stored, transposeB: false, into: y, alpha: 1, beta: 0)
+        } else {
+            let block = max(1, min(outputSize, Self.convertedElements / max(inputSize, 1)))
+            for start in stride(from: 0, to: outputSize, by: block) {
+                let columns = start..<min(start + block, outputSize)
+                let yBlock = try MatrixView(y.buffer, rows: y.rows, cols: columns.count, rowStride: y.rowStride, offset: y.offset + start)
+                try backend.gemm(x, transposeA: false, try weightT.float32(columns: columns), transposeB: false, into: yBlock, alpha: 1, beta: 0)
+            }
+        }
         if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
     }
 }
@@ -59,16 +92,16 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
 /// A factored weight Wᵀ ≈ B·C: y = (x·B)·C (+ b), with the basis B (inputSize, rank) possibly
 /// shared by the same matrix type of several layers (Basis Sharing) and the coefficients C
 /// (rank, outputSize) this layer's own. 2·rank·(inputSize + outputSize) flops per row instead
-/// of 2·inputSize·outputSize.
+/// of 2·inputSize·outputSize. B and C stay in their stored type (`ResidentMatrix`).
 public final class LowRankLinear: LinearLayer, @unchecked Sendable {
     public let inputSize: Int
     public let outputSize: Int
     public let rank: Int
     let backend: any Backend
-    /// B: (inputSize, rank); the same view in every layer that shares it.
-    public let basis: MatrixView
+    /// B: (inputSize, rank); the same matrix in every layer that shares it.
+    public let basis: ResidentMatrix
     /// C: (rank, outputSize).
-    let coefficients: MatrixView
+    public let coefficients: ResidentMatrix
     let bias: MatrixView?
     public let storedTensors: [String: Int]
     /// Holds x·B between the two products; shared by every factored layer of a model.
@@ -77,24 +110,38 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
     /// `basis`: B on the backend (inputSize, rank), stored as `basisName`. `coefficientsT`: Cᵀ as
     /// (outputSize, rank) row-major, PyTorch orientation (the second nn.Linear's weight), stored
     /// as `coefficientsName`. `name`: the module path (its bias is `name.bias`).
-    public init(
+    public convenience init(
         basis: MatrixView, basisName: String, coefficientsT: [Float], coefficientsName: String, outputSize: Int, bias: [Float]? = nil,
         scratch: Scratch, on backend: any Backend, name: String
     ) throws(SheafError) {
-        let (inputSize, rank) = (basis.rows, basis.cols)
-        guard coefficientsT.count == outputSize * rank, bias == nil || bias!.count == outputSize else {
+        let rank = basis.cols
+        guard coefficientsT.count == outputSize * rank else {
             throw .shapeMismatch(op: "LowRankLinear", detail: "\(name): \(coefficientsT.count) coefficients for (\(outputSize), \(rank))")
+        }
+        let c = try Matrix(rows: outputSize, cols: rank, values: coefficientsT).transposed
+        try self.init(
+            basis: ResidentMatrix(basis), basisName: basisName, coefficients: ResidentMatrix(try backend.upload(c, label: name + " coefficients")),
+            coefficientsName: coefficientsName, bias: bias, scratch: scratch, on: backend, name: name)
+    }
+
+    /// B (inputSize, rank) and C (rank, outputSize) as they stay resident.
+    public init(
+        basis: ResidentMatrix, basisName: String, coefficients: ResidentMatrix, coefficientsName: String, bias: [Float]? = nil,
+        scratch: Scratch, on backend: any Backend, name: String
+    ) throws(SheafError) {
+        let (inputSize, rank, outputSize) = (basis.rows, basis.cols, coefficients.cols)
+        guard coefficients.rows == rank, bias == nil || bias!.count == outputSize else {
+            throw .shapeMismatch(op: "LowRankLinear", detail: "\(name): basis (\(inputSize), \(rank)), coefficients (\(coefficients.rows), \(outputSize))")
         }
         self.inputSize = inputSize
         self.outputSize = outputSize
         self.rank = rank
         self.backend = backend
         self.basis = basis
+        self.coefficients = coefficients
         self.scratch = scratch
         storedTensors = [basisName: inputSize * rank, coefficientsName: outputSize * rank]
             .merging(bias == nil ? [:] : [name + ".bias": outputSize]) { $1 }
-        let c = try Matrix(rows: outputSize, cols: rank, values: coefficientsT).transposed
-        coefficients = try backend.upload(c, label: name + " coefficients")
         self.bias = try bias.map { (b) throws(SheafError) in try MatrixView(backend.upload(b, label: name + " bias"), rows: 1, cols: outputSize) }
     }
 
@@ -103,10 +150,12 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
     }
 
     /// y = (x·B)·C (+ b), or y += that when `accumulate` (a clustered layer's residual term).
+    /// A 16-bit C is converted after the first product has read B (an in-order queue on OpenCL),
+    /// so both may share one conversion scratch.
     func forward(_ x: MatrixView, into y: MatrixView, accumulate: Bool) throws(SheafError) {
         let t = try scratch.view(rows: x.rows, cols: rank)
-        try backend.gemm(x, transposeA: false, basis, transposeB: false, into: t, alpha: 1, beta: 0)
-        try backend.gemm(t, transposeA: false, coefficients, transposeB: false, into: y, alpha: 1, beta: accumulate ? 1 : 0)
+        try backend.gemm(x, transposeA: false, try basis.float32(), transposeB: false, into: t, alpha: 1, beta: 0)
+        try backend.gemm(t, transposeA: false, try coefficients.float32(), transposeB: false, into: y, alpha: 1, beta: accumulate ? 1 : 0)
         if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
     }
 }

@@ -90,10 +90,8 @@ public final class LlamaModel: @unchecked Sendable {
         // transposed) sit beside nothing else.
         let tiedHead: DenseLinear?
         if config.tiedEmbeddings {
-            let head = try DenseLinear(
-                weight: try loader.embedding(), outputSize: config.vocabularySize, inputSize: config.hiddenSize, on: backend,
-                name: "tied head")
-            embedding = try .transposedHead(head.weightT, on: backend)
+            let head = try loader.outputHead(tied: true)
+            embedding = try .transposedHead(head.weightT.stored, on: backend)
             tiedHead = head
         } else {
             embedding = .host(try loader.embedding())
@@ -106,7 +104,7 @@ public final class LlamaModel: @unchecked Sendable {
         }
         self.layers = layers
         finalNorm = try loader.vector("model.norm.weight", config.hiddenSize)
-        if let tiedHead { head = tiedHead } else { head = try loader.outputHead() }
+        if let tiedHead { head = tiedHead } else { head = try loader.outputHead(tied: false) }
     }
 
     /// Scratch activations for one sequence of `tokens`.
@@ -161,8 +159,17 @@ public final class LlamaModel: @unchecked Sendable {
             // Columns `tokens` of Eᵀ (hidden, vocabulary) are the rows wanted, transposed:
             // gather them, then transpose with one GEMM against the identity (2·tokens·hidden²
             // flops, under 0.2% of a forward pass, and exact: each output is one product by 1).
+            // A 16-bit Eᵀ is converted column by column instead of gathered.
             let columns = try backend.zeros(.float32, rows: d, cols: tokens.count)
-            try backend.gatherColumns(eT, labels: backend.upload(tokens, label: "token ids"), into: columns)
+            if eT.buffer.scalar.isHalfStorage {
+                for (i, t) in tokens.enumerated() {
+                    try backend.convertToFloat32(
+                        try MatrixView(eT.buffer, rows: d, cols: 1, rowStride: eT.rowStride, offset: eT.offset + Int(t)),
+                        into: try MatrixView(columns.buffer, rows: d, cols: 1, rowStride: tokens.count, offset: i))
+                }
+            } else {
+                try backend.gatherColumns(eT, labels: backend.upload(tokens, label: "token ids"), into: columns)
+            }
             let rows = try backend.zeros(.float32, rows: tokens.count, cols: d)
             try backend.gemm(columns, transposeA: true, identity, transposeB: false, into: rows, alpha: 1, beta: 0)
             return rows

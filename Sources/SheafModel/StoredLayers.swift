@@ -55,6 +55,8 @@ public final class StoredLayerContext: @unchecked Sendable {
     private var uploads: [String: MatrixView] = [:]
     private var hostMatrices: [String: Matrix<Double>] = [:]
     private var sharedScratch: Scratch?
+    private var sharedWeightScratch: Scratch?
+    private var residentUploads: [String: ResidentMatrix] = [:]
 
     public init(files: ModelFiles, backend: (any Backend)?) { (self.files, self.backend) = (files, backend) }
 
@@ -102,6 +104,44 @@ public final class StoredLayerContext: @unchecked Sendable {
         sharedScratch = s
         return s
     }
+
+    /// Where 16-bit weights are converted before a product reads them: one for the model (its
+    /// layers run one at a time), apart from `scratch()`, which holds activations meanwhile.
+    public func weightScratch() throws(SheafError) -> Scratch {
+        if let s = sharedWeightScratch { return s }
+        let s = Scratch(on: try requireBackend("weight scratch"))
+        sharedWeightScratch = s
+        return s
+    }
+
+    /// Tensor `name` of `shape` (rows, cols) on the backend in the type the file stores it when
+    /// that is F16 or BF16 (else float32), as its transpose when `transposed`; shape- and
+    /// NaN-checked by name. Made once per `key` for every module that asks (a shared basis).
+    public func resident(_ name: String, rows: Int, cols: Int, transposed: Bool, key: String? = nil) throws(SheafError) -> ResidentMatrix {
+        if let key, let made = residentUploads[key] { return made }
+        let backend = try requireBackend(name)
+        let made: ResidentMatrix
+        let info = try files.info(name)
+        guard info.shape == [rows, cols] else {
+            throw .shapeMismatch(op: "load \(files.path)", detail: "tensor '\(name)' has shape \(info.shape), expected \([rows, cols])")
+        }
+        if let (dtype, bits) = try files.halfBits(name) {
+            made = try ResidentMatrix(
+                bits: bits, dtype: dtype, rows: rows, cols: cols, transposed: transposed, scratch: try weightScratch(), on: backend, label: name)
+        } else {
+            var m = try Matrix(rows: rows, cols: cols, values: try values(name, [rows, cols]))
+            if transposed { m = m.transposed }
+            made = ResidentMatrix(try backend.upload(m, label: name))
+        }
+        if let key { residentUploads[key] = made }
+        return made
+    }
+
+    /// A dense layer from W (dOut, dIn) stored as `name`, kept in its stored type.
+    public func denseLinear(_ name: String, module: String, shape: (dOut: Int, dIn: Int), bias: [Float]?) throws(SheafError) -> DenseLinear {
+        let weightT = try resident(name, rows: shape.dOut, cols: shape.dIn, transposed: true)
+        return try DenseLinear(weightT: weightT, bias: bias, on: try requireBackend(module), name: module)
+    }
 }
 
 /// W stored as is: {"weight": name} (dense modules a method lists explicitly).
@@ -113,9 +153,7 @@ public struct DenseKind: StoredLayerKind {
     public func layer(
         _ entry: CompressedManifest.Module, module: String, shape: (dOut: Int, dIn: Int), bias: [Float]?, context: StoredLayerContext
     ) throws(SheafError) -> any LinearLayer {
-        try DenseLinear(
-            weight: try denseWeight(entry, module: module, shape: shape, context: context), outputSize: shape.dOut, inputSize: shape.dIn,
-            bias: bias, on: try context.requireBackend(module), name: module)
+        try context.denseLinear(entry.tensors["weight"]!, module: module, shape: shape, bias: bias)
     }
 
     public func denseWeight(
@@ -148,13 +186,12 @@ public struct LowRankKind: StoredLayerKind {
         let backend = try context.requireBackend(module)
         let (basisName, coefficientsName) = (entry.tensors["basis"]!, entry.tensors["coefficients"]!)
         let k = try rank(entry, module: module, dIn: shape.dIn, context: context)
-        let basis = try context.uploaded("low-rank basis " + basisName) { () throws(SheafError) in
-            let stored = try Matrix(rows: k, cols: shape.dIn, values: try context.values(basisName, [k, shape.dIn]))
-            return try backend.upload(stored.transposed, label: basisName)
-        }
+        // Bᵀ (rank, dIn) and C (dOut, rank) as stored, uploaded transposed: B (dIn, rank), Cᵀ (rank, dOut).
+        let basis = try context.resident(basisName, rows: k, cols: shape.dIn, transposed: true, key: "low-rank basis " + basisName)
+        let coefficients = try context.resident(coefficientsName, rows: shape.dOut, cols: k, transposed: true)
         return try LowRankLinear(
-            basis: basis, basisName: basisName, coefficientsT: try context.values(coefficientsName, [shape.dOut, k]),
-            coefficientsName: coefficientsName, outputSize: shape.dOut, bias: bias, scratch: try context.scratch(), on: backend, name: module)
+            basis: basis, basisName: basisName, coefficients: coefficients, coefficientsName: coefficientsName, bias: bias,
+            scratch: try context.scratch(), on: backend, name: module)
     }
 
     /// W = coefficients (dOut, rank) · basis (rank, dIn), in Float64, rounded once to Float32.

@@ -39,9 +39,7 @@ public struct WeightLoader: Sendable {
             let kind = try StoredLayerKinds.kind(of: entry, module: module, in: files.path)
             return try kind.layer(entry, module: module, shape: shape, bias: bias, context: stored)
         }
-        return try DenseLinear(
-            weight: try values(module + ".weight", [shape.dOut, shape.dIn]), outputSize: shape.dOut, inputSize: shape.dIn, bias: bias,
-            on: backend, name: module)
+        return try stored.denseLinear(module + ".weight", module: module, shape: shape, bias: bias)
     }
 
     /// Decoder block `i` as stored (dense, or compressed in a compressed checkpoint).
@@ -63,10 +61,12 @@ public struct WeightLoader: Sendable {
             postAttentionNorm: try vector(p + "post_attention_layernorm.weight", d))
     }
 
-    /// The output head (vocabulary, hidden), dense from `lm_head.weight`.
-    func outputHead() throws(SheafError) -> any LinearLayer {
+    /// The output head (vocabulary, hidden), dense from `lm_head.weight`, or, `tied`, from the
+    /// embedding; in its stored type.
+    func outputHead(tied: Bool) throws(SheafError) -> DenseLinear {
         let (v, d) = (config.vocabularySize, config.hiddenSize)
-        return try DenseLinear(weight: try values("lm_head.weight", [v, d]), outputSize: v, inputSize: d, on: backend, name: "lm_head")
+        return try stored.denseLinear(
+            tied ? "model.embed_tokens.weight" : "lm_head.weight", module: tied ? "tied head" : "lm_head", shape: (v, d), bias: nil)
     }
 
     /// A tensor's values by HuggingFace name, shape- and NaN-checked.

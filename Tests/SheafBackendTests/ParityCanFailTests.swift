@@ -64,6 +64,9 @@ final class WrongBackend: Backend, @unchecked Sendable {
     func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {
         try inner.gatherColumns(src, labels: labels, into: out)
     }
+    func convertToFloat32(_ src: MatrixView, into out: MatrixView) throws(SheafError) {
+        try inner.convertToFloat32(src, into: out)
+    }
     func sumColumnGroups(_ src: MatrixView, members: DeviceBuffer, starts: DeviceBuffer, into out: MatrixView) throws(SheafError) {
         try inner.sumColumnGroups(src, members: members, starts: starts, into: out)
     }

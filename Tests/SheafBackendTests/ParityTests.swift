@@ -80,6 +80,21 @@ extension BackendSuites {
             }
         }
 
+        /// 16-bit stored weights to float32: every bit pattern class (normal, subnormal, zero,
+        /// ±infinity) of float16 and bfloat16, strided, at shapes crossing every work-group edge.
+        @Test(arguments: Backends.Name.allCases)
+        func convertToFloat32(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for (rows, cols) in [(1, 1), (7, 33), (33, 7), (257, 65), (3, 576)] {
+                for scalar in [ScalarType.float16, .bfloat16] {
+                    expectPass(try Parity.convertToFloat32(be, Backends.reference, rows: rows, cols: cols, scalar: scalar, seed: UInt64(rows * cols)))
+                }
+            }
+            // A float32 source is refused by every backend with the same message.
+            let f32 = try be.zeros(.float32, rows: 2, cols: 2)
+            #expect { try be.convertToFloat32(f32, into: f32) } throws: { "\($0)".contains("src must be float16 or bfloat16") }
+        }
+
         /// Lloyd's iterations from the same initial centroids reach the same objective.
         @Test(arguments: Backends.Name.allCases)
         func kmeansObjective(_ name: Backends.Name) throws {

@@ -96,3 +96,52 @@ extension BackendSuites {
     }
 }
 
+/// Weights stay as stored (Savings I, step 3): a 16-bit checkpoint's factors, dense matrices and
+/// head stay 16-bit on the backend and compute what the same values in float32 compute.
+extension BackendSuites {
+    @Suite struct ResidentStorage {
+        /// `dir` with every 16-bit tensor rewritten as F32 (exactly: each half is a float32).
+        static func float32Twin(of dir: String) throws -> String {
+            let twin = dir + "-f32twin"
+            try? FileManager.default.removeItem(atPath: twin)
+            try FileManager.default.copyItem(atPath: dir, toPath: twin)
+            let file = try SafetensorsFile(path: dir + "/model.safetensors")
+            try FileManager.default.removeItem(atPath: twin + "/model.safetensors")
+            try SafetensorsWriter.writeModel(
+                try file.tensorNames.map { name in try TensorToWrite(name: name, shape: try file.info(name).shape, values: try file.float32(name)) },
+                to: twin)
+            return twin
+        }
+
+        @Test(arguments: [false, true])
+        func sixteenBitWeightsStayResident(tied: Bool) throws {
+            let dir = try TinyModel.write(seed: 35, tied: tied)
+            let f16 = try StorageDType.checkpoint(try ModelFiles.open(dir), .F16, tag: "resident-\(tied)")
+            let twin = try Self.float32Twin(of: f16)
+            defer { for d in [dir, f16, twin] { try? FileManager.default.removeItem(atPath: d) } }
+            let files = try ModelFiles.open(f16)
+            for be: any Backend in [Backends.cpu, try Backends.opencl()] {
+                let model = try LlamaModel(files: files, backend: be)
+                // Every factor and dense matrix is held as float16.
+                for layer in model.layers {
+                    for t in MatrixType.allCases {
+                        let linear = layer[t]
+                        if let l = linear as? LowRankLinear {
+                            #expect(l.basis.stored.buffer.scalar == .float16 && l.coefficients.stored.buffer.scalar == .float16, "\(t)")
+                        } else if let d = linear as? DenseLinear {
+                            #expect(d.weightT.stored.buffer.scalar == .float16, "\(t)")
+                        }
+                    }
+                }
+                let got = try model.logits(CompressFixture.evalTokens).values
+                let want = try LlamaModel(files: try ModelFiles.open(twin), backend: be).logits(CompressFixture.evalTokens).values
+                // The same float32 values either way; the head's products run in column blocks, which
+                // a BLAS may round differently: two computations' bound.
+                let bound = ForwardPath.logitsNMSEBetween(files.config, keys: CompressFixture.evalTokens.count)
+                let (error, failure) = Parity.compare(got, want)
+                #expect(failure.isEmpty && error <= bound, "\(be.kind) tied \(tied): NMSE \(error) (bound \(bound)) \(failure)")
+            }
+        }
+    }
+}
+
