@@ -234,7 +234,7 @@ enum CompressCommand {
             manifest: manifest, table: result.output.report, seconds: seconds, gramsFromCache: result.gramsFromCache,
             calibrationTokensPerSecond: result.gramsFromCache || method.statistics == .none
                 ? nil : Double(count * length) / (result.seconds["calibration"] ?? 1),
-            peakResidentBytes: peakResidentBytes(), evaluation: evaluation, dtype: dtype.storageName, bytesOnDisk: folderBytes(out))
+            peakResidentBytes: peakResidentBytes(), evaluation: evaluation, dtype: dtype.storageName, bytes: try ModelFiles.open(out).storedBytes())
         if a.flag("json") { try printJSON(report) } else { report.print() }
         return 0
     }
@@ -268,12 +268,12 @@ enum CompressCommand {
         var calibrationTokensPerSecond: Double?
         var peakResidentBytes: Int?
         var evaluation: PerplexityResult?
-        /// The float storage (`--dtype`) and the bytes of every file in the checkpoint folder.
+        /// The float storage (`--dtype`) and the checkpoint folder's bytes by role.
         var dtype: String
-        var bytesOnDisk: Int
+        var bytes: StoredBytes
 
         enum CodingKeys: String, CodingKey {
-            case manifest, seconds, gramsFromCache, calibrationTokensPerSecond, peakResidentBytes, evaluation, dtype, bytesOnDisk
+            case manifest, seconds, gramsFromCache, calibrationTokensPerSecond, peakResidentBytes, evaluation, dtype, bytes
         }
 
         func print() {
@@ -284,7 +284,7 @@ enum CompressCommand {
             Swift.print("linear parameters: \(m.denseLinearParameters) -> \(m.storedLinearParameters); ratio "
                 + (m.requestedRatio.map { "requested \($0), " } ?? "") + "achieved \(String(format: "%.4f", m.achievedRatio))"
                 + (table.notes.isEmpty ? "" : "; " + table.notes.joined(separator: ", ")))
-            Swift.print("checkpoint: \(fixed(Double(bytesOnDisk) / 1e6)) MB on disk, float tensors stored as \(dtype)")
+            Swift.print("checkpoint: \(bytes.summary) on disk, float tensors stored as \(dtype)")
             let phases = ["load", "calibration", "method", "write", "evaluation", "total"]
             let times: [String] = phases.compactMap { p in seconds[p].map { "\(p) \(fixed($0)) s" } }
             var source = ""

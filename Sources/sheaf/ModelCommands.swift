@@ -7,8 +7,9 @@ let inspectHelp = """
 
     MODEL is a HuggingFace folder (config.json + safetensors) or a GGUF file. Prints the
     architecture, layer count, tensor shapes (layer 0 stands for every layer), stored
-    dtypes/quant types, parameter counts by group (embedding, attention, MLP, norms, head)
-    and the file size. Reads headers only.
+    dtypes/quant types, parameter counts and stored bytes by group (embedding, attention, MLP,
+    bases, norms, head), and the bytes on disk by role (embedding, linear layers, norms, other
+    files: headers, tokenizer, manifest). Reads headers only.
     """
 
 let convertHelp = """
@@ -31,12 +32,14 @@ let tokenizeHelp = """
 
 enum ModelCommands {
     struct InspectReport: Encodable {
-        struct Group: Encodable { var name: String; var parameters: Int; var tensors: Int }
+        struct Group: Encodable { var name: String; var parameters: Int; var tensors: Int; var bytes: Int }
         struct Tensor: Encodable { var name: String; var shape: [Int]; var type: String }
         var path: String
         var format: String
         var config: ModelConfig
         var fileBytes: Int
+        /// Bytes on disk by role (embedding, linear layers, norms, other files).
+        var bytes: StoredBytes
         var types: [String: Int]
         var groups: [Group]
         var totalParameters: Int
@@ -58,19 +61,20 @@ enum ModelCommands {
         if a.flag("help") { print(inspectHelp); return 0 }
         guard a.positionals.count == 1 else { throw UsageError(description: "inspect takes one MODEL (a folder or a .gguf file)") }
         let model = try ModelFiles.open(a.positionals[0])
-        var types: [String: Int] = [:], groups: [String: (Int, Int)] = [:], tensors: [InspectReport.Tensor] = []
+        var types: [String: Int] = [:], groups: [String: (Int, Int, Int)] = [:], tensors: [InspectReport.Tensor] = []
         for name in model.tensorNames {
             let info = try model.info(name)
             types[info.type, default: 0] += 1
             let g = group(of: name)
-            groups[g, default: (0, 0)].0 += info.elementCount
-            groups[g, default: (0, 0)].1 += 1
+            groups[g, default: (0, 0, 0)].0 += info.elementCount
+            groups[g, default: (0, 0, 0)].1 += 1
+            groups[g, default: (0, 0, 0)].2 += info.byteCount
             tensors.append(.init(name: name, shape: info.shape, type: info.type))
         }
         let order = ["embedding", "attention", "mlp", "bases", "norms", "head"]
         let report = InspectReport(
-            path: model.path, format: model.format.rawValue, config: model.config, fileBytes: model.fileBytes, types: types,
-            groups: order.compactMap { g in groups[g].map { .init(name: g, parameters: $0.0, tensors: $0.1) } },
+            path: model.path, format: model.format.rawValue, config: model.config, fileBytes: model.fileBytes, bytes: try model.storedBytes(),
+            types: types, groups: order.compactMap { g in groups[g].map { .init(name: g, parameters: $0.0, tensors: $0.1, bytes: $0.2) } },
             totalParameters: groups.values.reduce(0) { $0 + $1.0 }, linearParameters: model.manifest?.storedLinearParameters ?? model.config.linearParameterCount,
             tensors: tensors)
         if a.flag("json") {
@@ -84,9 +88,12 @@ enum ModelCommands {
             + "RoPE theta \(c.ropeTheta), RMSNorm eps \(c.rmsNormEps), head \(c.tiedEmbeddings ? "tied to the embedding" : "untied")"
             + (c.attentionBias ? ", q/k/v biases" : ""))
         print("stored types: " + types.sorted { $0.key < $1.key }.map { "\($0.key) × \($0.value)" }.joined(separator: ", "))
-        print("parameters:")
-        for g in report.groups { print("  \(pad(g.name, 10)) \(pad(String(g.parameters), 12)) in \(g.tensors) tensors") }
+        print("parameters and bytes on disk:")
+        for g in report.groups {
+            print("  \(pad(g.name, 10)) \(pad(String(g.parameters), 12)) in \(pad("\(g.tensors) tensors", 12)) \(fixed(Double(g.bytes) / 1e6)) MB")
+        }
         print("  \(pad("total", 10)) \(report.totalParameters); decoder linear layers \(report.linearParameters)")
+        print("bytes on disk: \(report.bytes.summary)")
         print("tensors (layer 0 of \(c.layerCount) shown):")
         for t in tensors where !t.name.hasPrefix("model.layers.") || t.name.hasPrefix("model.layers.0.") {
             print("  \(pad(t.name, 44)) \(pad("\(t.shape)", 14)) \(t.type)")

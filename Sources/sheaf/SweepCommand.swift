@@ -19,7 +19,8 @@ let sweepHelp = """
     --allocate; default uniform), evaluates each point on WikiText-2 test (Protocol S: 32 windows
     of 2048 tokens; --eval-windows N for fewer) and the dense model once, and writes into DIR:
       results.json, results.csv   one entry per point: budget, achieved ratio, stored linear
-                                  parameters, perplexity, seconds, peak memory
+                                  parameters, perplexity, seconds, peak memory, bytes on
+                                  disk (all, linear layers, embedding)
       frontier.svg                perplexity (log axis) against achieved ratio, one line per
                                   method and allocation, the dense model as a dashed line, and
                                   the points of --reference FILE (CSV: ratio,perplexity,label)
@@ -54,6 +55,8 @@ enum SweepCommand {
         var evalSeconds: Double
         var gramsFromCache: Bool
         var peakResidentBytes: Int?
+        /// The checkpoint's bytes on disk by role (nil in results written before they were kept).
+        var bytes: StoredBytes?
     }
 
     struct Results: Codable, Sendable {
@@ -228,13 +231,15 @@ enum SweepCommand {
                 try? fm.removeItem(atPath: out + "/pictures/\(tag)-\(name)")
                 try? fm.copyItem(atPath: dir + "/" + name, toPath: out + "/pictures/\(tag)-\(name)")
             }
-            let evaluation = try evaluate(try LlamaModel(files: try ModelFiles.open(dir), backend: backend), p.key)
+            let written = try ModelFiles.open(dir)
+            let bytes = try written.storedBytes()
+            let evaluation = try evaluate(try LlamaModel(files: written, backend: backend), p.key)
             if !a.flag("keep") { try? fm.removeItem(atPath: dir) }
             results.points.append(Point(
                 key: p.key, method: p.method, allocation: p.allocation, options: p.options.isEmpty ? nil : p.options, budget: p.budget, achievedRatio: manifest.achievedRatio,
                 storedLinearParameters: manifest.storedLinearParameters, perplexity: evaluation.perplexity, crossEntropy: evaluation.meanNLL,
                 compressSeconds: compressSeconds, evalSeconds: evaluation.seconds, gramsFromCache: result.gramsFromCache,
-                peakResidentBytes: peakResidentBytes()))
+                peakResidentBytes: peakResidentBytes(), bytes: bytes))
             try write(results, references: references, to: out)
             print("\(p.key): achieved \(String(format: "%.4f", manifest.achievedRatio)), perplexity \(String(format: "%.4f", evaluation.perplexity))")
         }
@@ -251,10 +256,12 @@ enum SweepCommand {
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         try atomicWrite(try encoder.encode(r), to: out + "/results.json")
-        var csv = "method,allocation,options,budget,achieved_ratio,stored_linear_parameters,perplexity,compress_seconds,eval_seconds,grams_from_cache\n"
+        var csv = "method,allocation,options,budget,achieved_ratio,stored_linear_parameters,perplexity,compress_seconds,eval_seconds,grams_from_cache,"
+            + "bytes_on_disk,linear_bytes,embedding_bytes\n"
         for p in r.points {
+            let bytes = [p.bytes?.total, p.bytes?.linear, p.bytes?.embedding].map { $0.map(String.init) ?? "" }.joined(separator: ",")
             csv += "\(p.method),\(p.allocation),\"\(p.options ?? "")\",\(p.budget),\(p.achievedRatio),\(p.storedLinearParameters),\(p.perplexity),"
-                + "\(String(format: "%.1f", p.compressSeconds)),\(String(format: "%.1f", p.evalSeconds)),\(p.gramsFromCache)\n"
+                + "\(String(format: "%.1f", p.compressSeconds)),\(String(format: "%.1f", p.evalSeconds)),\(p.gramsFromCache),\(bytes)\n"
         }
         try atomicWrite(Data(csv.utf8), to: out + "/results.csv")
         var plot = SVG.LinePlot(

@@ -145,3 +145,33 @@ extension BackendSuites {
     }
 }
 
+/// Bytes in every report (Savings I, step 5): by role, adding up to the folder, halving with F16.
+extension BackendSuites {
+    @Suite struct BytesByRole {
+        @Test func bytesByRoleAddUpAndHalveWithF16() throws {
+            let dir = try TinyModel.write(seed: 37)
+            let source = try ModelFiles.open(dir)
+            let f32 = try StorageDType.checkpoint(source, .F32, tag: "bytes-f32"), f16 = try StorageDType.checkpoint(source, .F16, tag: "bytes-f16")
+            defer { for d in [dir, f32, f16] { try? FileManager.default.removeItem(atPath: d) } }
+            let a = try ModelFiles.open(f32).storedBytes(), b = try ModelFiles.open(f16).storedBytes()
+            for (bytes, path) in [(a, f32), (b, f16)] {
+                #expect(bytes.total == folderBytes(path) && bytes.embedding + bytes.linear + bytes.otherTensors + bytes.files == bytes.total)
+                #expect(bytes.files > 0, "headers, config and manifest are files: \(bytes)")
+            }
+            // The tiny model is untied: embedding and head, 101 × 64 each.
+            #expect(a.embedding == 2 * 101 * 64 * 4 && b.embedding == 2 * 101 * 64 * 2, "\(a) \(b)")
+            #expect(a.linear == 2 * b.linear && a.linear > 0 && a.otherTensors == b.otherTensors, "\(a) \(b)")
+            // The source's own bytes: every linear weight F32 (7 matrices of 2 layers).
+            let dense = try source.storedBytes()
+            #expect(dense.linear == 4 * source.config.linearParameterCount, "\(dense)")
+
+            // inspect --json gives the same, and its groups' bytes add up to the tensors'.
+            let r = try SheafCLI().sheaf(["inspect", f16, "--json"])
+            #expect(r.status == 0, "\(r.stderr)")
+            let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            let bytes = json?["bytes"] as? [String: Any], groups = json?["groups"] as? [[String: Any]] ?? []
+            #expect(bytes?["total"] as? Int == b.total && bytes?["linear"] as? Int == b.linear, "\(String(describing: bytes))")
+            #expect(groups.compactMap { $0["bytes"] as? Int }.reduce(0, +) == b.embedding + b.linear + b.otherTensors)
+        }
+    }
+}
