@@ -39,6 +39,16 @@ public final class CPUBackend: HostMemoryBackend, @unchecked Sendable {
     ) throws(SheafError) {
         try Check.owner(self, [a, b, c], op: "gemm")
         let (m, n, k) = try Check.gemm(a, transposeA, b, transposeB, c)
+        if m == 1 && k > 0 {
+            // One row (a decoded token) is a matrix-vector product. OpenBLAS 0.3.21 runs it as a
+            // GEMM, packing all of op(b) first (the head: 52-57 ms a token against 8 ms as a GEMV).
+            // c = alpha · x · op(b) + beta · c, i.e. cᵀ = alpha · op(b)ᵀ · xᵀ + beta · cᵀ.
+            if beta == 0 { floats(c).update(repeating: 0, count: n) }  // beta = 0: c is not read
+            cblas_sgemv(
+                CblasRowMajor, transposeB ? CblasNoTrans : CblasTrans, Int32(b.rows), Int32(b.cols), alpha, floats(b),
+                Int32(b.rowStride), floats(a), transposeA ? Int32(a.rowStride) : 1, beta, floats(c), 1)
+            return
+        }
         cblas_sgemm(
             CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
             Int32(m), Int32(n), Int32(k), alpha, floats(a), Int32(a.rowStride), floats(b), Int32(b.rowStride),
