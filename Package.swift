@@ -3,7 +3,8 @@
 // No Swift package dependencies: the toolchain plus system C libraries (OpenCL, OpenBLAS).
 import PackageDescription
 
-// The CPU backend's vector loops (SheafCPUKernels) are compiled for AVX2 + FMA on x86-64: without
+// The CPU backend's vector loops (SheafCPUKernels) are compiled for AVX2 + FMA (+ F16C, which every
+// AVX2 CPU has, for 16-bit weights) on x86-64: without
 // them Swift's SIMD8 arithmetic is SSE with a libm call per lane for each fused multiply-add. The
 // backend runs them only after checking the CPU (CPUFeatures), so the binary still runs on older
 // x86-64 CPUs, on the portable loops. arm64 has NEON in every CPU and needs no flags.
@@ -14,9 +15,9 @@ import PackageDescription
 import Foundation
 let avx512 = ProcessInfo.processInfo.environment["SHEAF_CPU_ISA"] == "avx512"
 let vectorFlags: [SwiftSetting] = avx512
-    ? [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma", "-Xcc", "-mavx512f", "-Xcc", "-mavx512vl", "-Xcc", "-mavx512bw",
-                     "-Xcc", "-mavx512dq"]), .define("SHEAF_AVX512")]
-    : [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma"])]
+    ? [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma", "-Xcc", "-mf16c", "-Xcc", "-mavx512f", "-Xcc", "-mavx512vl",
+                     "-Xcc", "-mavx512bw", "-Xcc", "-mavx512dq"]), .define("SHEAF_AVX512")]
+    : [.unsafeFlags(["-Xcc", "-mavx2", "-Xcc", "-mfma", "-Xcc", "-mf16c"])]
 #else
 let vectorFlags: [SwiftSetting] = []
 #endif

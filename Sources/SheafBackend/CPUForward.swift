@@ -245,10 +245,12 @@ extension CPUBackend {
         try Check.owner(self, [src, out], op: "convertToFloat32")
         try Check.convertToFloat32(src, out)
         nonisolated(unsafe) let ps = host(src.buffer).assumingMemoryBound(to: UInt16.self) + src.offset, po = floats(out)
-        let (ss, os, n, isF16) = (src.rowStride, out.rowStride, out.cols, src.buffer.scalar == .float16)
+        let (ss, os, n, isF16, vector) = (src.rowStride, out.rowStride, out.cols, src.buffer.scalar == .float16, vectorKernels)
         forEachRow(src.rows) { r in
             let from = ps + r * ss, to = po + r * os
-            if isF16 {
+            if isF16 && vector {
+                convertHalfToFloat(from, to, count: n)
+            } else if isF16 {
                 for i in 0..<n { to[i] = HalfFloat.f16ToFloat(from[i]) }
             } else {
                 for i in 0..<n { to[i] = HalfFloat.bf16ToFloat(from[i]) }

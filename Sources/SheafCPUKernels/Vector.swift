@@ -40,10 +40,10 @@ public typealias Lanes16 = SIMD16<Float>
 public enum KernelISA {
     #if SHEAF_AVX512
     public static let name = "AVX-512"
-    public static let requiredFlags = ["avx2", "fma", "avx512f", "avx512vl", "avx512bw", "avx512dq"]
+    public static let requiredFlags = ["avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512bw", "avx512dq"]
     #elseif arch(x86_64)
     public static let name = "AVX2"
-    public static let requiredFlags = ["avx2", "fma"]
+    public static let requiredFlags = ["avx2", "fma", "f16c"]
     #else
     public static let name = "NEON"
     public static let requiredFlags: [String] = []
