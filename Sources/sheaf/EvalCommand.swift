@@ -94,16 +94,19 @@ private func printProfile(_ times: StepTimes, windows: Int, seconds: Double) {
 }
 
 let generateHelp = """
-    USAGE: sheaf generate MODEL --prompt TEXT [--max-tokens N] [--backend auto|cpu|opencl]
+    USAGE: sheaf generate MODEL --prompt TEXT [--max-tokens N] [--json] [--backend auto|cpu|opencl]
 
     Greedy decoding with a KV cache, printing the text as it comes: a quick check that a
     model (dense, or a Sheaf compressed checkpoint) still speaks. Stops at N new tokens (default 64) or
-    the end-of-sequence token.
+    the end-of-sequence token. The summary line on stderr gives the tokens and seconds; --json
+    prints, instead of the text as it comes, the text with the prompt's tokens/s (the prompt's
+    forward pass and the first token) and the generation's (each further token, one row at a time:
+    the decode speed) apart, and the peak memory.
     """
 
 enum GenerateCommand {
     static func run(_ args: [String]) throws -> Int32 {
-        let a = try Arguments(args, options: ["prompt", "max-tokens", "backend"], flags: ["help"])
+        let a = try Arguments(args, options: ["prompt", "max-tokens", "backend"], flags: ["json", "help"])
         if a.flag("help") { print(generateHelp); return 0 }
         guard a.positionals.count == 1 else { throw UsageError(description: "generate takes one MODEL (a folder or a .gguf file)") }
         guard let prompt = a.value("prompt"), !prompt.isEmpty else { throw UsageError(description: "generate needs --prompt TEXT") }
@@ -114,26 +117,54 @@ enum GenerateCommand {
         let backend = try BackendSelection.make(try Env.backendChoice(a.value("backend")), options: try Env.backendOptions())
         let model = try LlamaModel(files: files, backend: backend)
         let promptIDs = tokenizer.encode(prompt)
-        FileHandle.standardOutput.write(Data(prompt.utf8))
+        let json = a.flag("json")
+        if !json { FileHandle.standardOutput.write(Data(prompt.utf8)) }
         // Decode prompt + continuation and print what follows the prompt's own decoding: a
         // SentencePiece decoder drops a leading space from a continuation decoded alone.
         let promptText = tokenizer.decode(promptIDs, skipSpecial: true)
         var produced: [Int32] = []
         var shown = ""
         let t0 = monotonicSeconds()
+        var firstToken: Double?  // when the prompt's pass gave the first token
         _ = try model.generate(prompt: promptIDs, maxTokens: maxTokens, stop: tokenizer.eosID) { token in
+            if firstToken == nil { firstToken = monotonicSeconds() }
             // Decode the whole continuation each time: a character may span several tokens.
             produced.append(token)
             let full = tokenizer.decode(promptIDs + produced, skipSpecial: true)
             let text = full.hasPrefix(promptText) ? String(full.dropFirst(promptText.count)) : tokenizer.decode(produced, skipSpecial: true)
             if text.hasPrefix(shown), !text.hasSuffix("\u{FFFD}") {
-                FileHandle.standardOutput.write(Data(text.dropFirst(shown.count).utf8))
+                if !json { FileHandle.standardOutput.write(Data(text.dropFirst(shown.count).utf8)) }
                 shown = text
             }
         }
-        print("")
-        note("generate: \(produced.count) tokens in \(fixed(monotonicSeconds() - t0, 2)) s on \(backend.kind.rawValue)")
+        let t1 = monotonicSeconds(), promptSeconds = (firstToken ?? t1) - t0, generationSeconds = t1 - (firstToken ?? t1)
+        if json {
+            try printJSON(GenerateReport(
+                text: shown, promptTokens: promptIDs.count, generatedTokens: produced.count, promptSeconds: promptSeconds,
+                promptTokensPerSecond: promptSeconds > 0 ? Double(promptIDs.count) / promptSeconds : nil,
+                generationSeconds: generationSeconds,
+                generationTokensPerSecond: produced.count > 1 && generationSeconds > 0 ? Double(produced.count - 1) / generationSeconds : nil,
+                backend: backend.deviceName, peakResidentBytes: peakResidentBytes()))
+        } else {
+            print("")
+        }
+        note("generate: \(produced.count) tokens in \(fixed(t1 - t0, 2)) s on \(backend.kind.rawValue)")
         return 0
+    }
+
+    /// `generate --json`: the prompt's pass (prompt tokens, giving the first new token) and the
+    /// generation (each further token, one row at a time: the decode speed) timed apart.
+    struct GenerateReport: Encodable {
+        var text: String
+        var promptTokens: Int
+        var generatedTokens: Int
+        var promptSeconds: Double
+        var promptTokensPerSecond: Double?
+        var generationSeconds: Double
+        /// Tokens after the first, per second: nil when there is at most one.
+        var generationTokensPerSecond: Double?
+        var backend: String
+        var peakResidentBytes: Int?
     }
 }
 

@@ -325,6 +325,15 @@ extension BackendSuites {
             #expect(abs(exported - compressed) / compressed < bound, "exported \(exported), compressed \(compressed) (bound \(bound))")
             let g = try cli.sheaf(["generate", out, "--prompt", "The capital of France is", "--max-tokens", "4"])
             #expect(g.status == 0, "\(g.stderr)")
+            // --json: the prompt's pass and the decoding timed apart, the summary line kept.
+            let j = try cli.sheaf(["generate", out, "--prompt", "The capital of France is", "--max-tokens", "4", "--json"])
+            let generation = try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as? [String: Any]
+            #expect(j.status == 0 && j.stderr.contains("generate: ") && j.stderr.contains(" tokens in "), "\(j.stderr)")
+            #expect(generation?["promptTokens"] as? Int == 5, "\(j.stdout)")
+            let generated = generation?["generatedTokens"] as? Int ?? 0
+            #expect(generated >= 1 && generated <= 4 && (generation?["text"] as? String) != nil, "\(j.stdout)")
+            #expect((generation?["promptTokensPerSecond"] as? Double ?? 0) > 0, "\(j.stdout)")
+            #expect(generated < 2 || (generation?["generationTokensPerSecond"] as? Double ?? 0) > 0, "\(j.stdout)")
             try? FileManager.default.removeItem(atPath: tmp)
         }
 
