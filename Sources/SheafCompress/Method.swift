@@ -68,24 +68,10 @@ extension MethodOutput {
             throw .invalidArgument(op: "compress", detail: "float tensors cannot be stored as \(dtype.rawValue) (f32, f16 or bf16)")
         }
         guard dtype != .F32 else { return self }
-        let isF16 = dtype == .F16
-        let roundTrip = { (x: Float) -> Float in
-            isF16 ? HalfFloat.f16ToFloat(HalfFloat.floatToF16(x)) : HalfFloat.bf16ToFloat(HalfFloat.floatToBF16(x))
-        }
         var out = self
         for (k, t) in tensors.enumerated() where storedTypes[t.name] == nil {
-            var m = t.value
-            for i in m.values.indices {
-                let x = m.values[i], r = roundTrip(x)
-                if x.isFinite && !r.isFinite {
-                    throw .invalidArgument(
-                        op: "compress --dtype \(dtype.storageName)",
-                        detail: "tensor '\(t.name)': value \(x) at element \(i) is beyond the range of \(dtype.rawValue)"
-                            + (dtype == .F16 ? " (±65504): use --dtype bf16 or f32" : ""))
-                }
-                m.values[i] = r
-            }
-            out.tensors[k].value = m
+            let bits = try dtype.halfBits(t.value.values, tensor: t.name)
+            out.tensors[k].value.values = dtype == .F16 ? bits.map { HalfFloat.f16ToFloat($0) } : bits.map { HalfFloat.bf16ToFloat($0) }
             out.storedTypes[t.name] = dtype
         }
         return out

@@ -17,6 +17,27 @@ public enum SafetensorsDType: String, Sendable, CaseIterable {
     /// The command-line name of a float storage type (`f16`), else the dtype's own name.
     public var storageName: String { Self.floatStorageNames.first { $0.dtype == self }?.name ?? rawValue }
 
+    /// `values` rounded to this 16-bit float type (F16 or BF16; nearest even) as bit patterns. A
+    /// finite value beyond the type's range (±65504 for F16) would become an infinity, which every
+    /// reader refuses: it is refused here, naming `tensor` and the element.
+    public func halfBits(_ values: [Float], tensor: String) throws(SheafError) -> [UInt16] {
+        guard self == .F16 || self == .BF16 else {
+            throw .invalidArgument(op: "round \(tensor)", detail: "\(rawValue) is not a 16-bit float type")
+        }
+        let isF16 = self == .F16
+        let bits = isF16 ? values.map { HalfFloat.floatToF16($0) } : values.map { HalfFloat.floatToBF16($0) }
+        let overflows = { (i: Int) -> Bool in
+            values[i].isFinite && !(isF16 ? HalfFloat.f16ToFloat(bits[i]) : HalfFloat.bf16ToFloat(bits[i])).isFinite
+        }
+        if let bad = values.indices.first(where: overflows) {
+            throw .invalidArgument(
+                op: "store as \(storageName)",
+                detail: "tensor '\(tensor)': value \(values[bad]) at element \(bad) is beyond the range of \(rawValue)"
+                    + (isF16 ? " (±65504): store it as bf16 or f32" : ""))
+        }
+        return bits
+    }
+
     public var byteSize: Int {
         switch self {
         case .F64, .I64: 8

@@ -68,21 +68,7 @@ public struct TensorToWrite: Sendable {
         }
         switch dtype {
         case .F32: return values.withUnsafeBytes { [UInt8]($0) }
-        case .F16, .BF16:
-            // A finite value beyond the type's range (±65504 for F16) would be stored as an
-            // infinity, which every reader refuses: refuse it now, naming the tensor.
-            let isF16 = dtype == .F16
-            let halves = isF16 ? values.map { HalfFloat.floatToF16($0) } : values.map { HalfFloat.floatToBF16($0) }
-            let overflows = { (i: Int) -> Bool in
-                values[i].isFinite && !(isF16 ? HalfFloat.f16ToFloat(halves[i]) : HalfFloat.bf16ToFloat(halves[i])).isFinite
-            }
-            if let bad = values.indices.first(where: overflows) {
-                throw .invalidArgument(
-                    op: "safetensors write",
-                    detail: "tensor '\(name)': value \(values[bad]) at element \(bad) is beyond the range of \(dtype.rawValue)"
-                        + (dtype == .F16 ? " (±65504): store it as bf16 or f32" : ""))
-            }
-            return pack16(halves)
+        case .F16, .BF16: return pack16(try dtype.halfBits(values, tensor: name))
         case .U8, .U16:
             let limit: Float = dtype == .U8 ? 255 : 65535
             if let bad = values.firstIndex(where: { !($0 >= 0 && $0 <= limit && $0.rounded() == $0) }) {

@@ -1,6 +1,5 @@
 import SheafBackend
 import SheafCore
-import SheafIO
 
 /// y = x·Wᵀ (+ b) for a batch of rows x (rows, inputSize) → y (rows, outputSize), in whatever
 /// factored form the weights take. The forward pass knows only this protocol; the compression
@@ -49,16 +48,6 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
         }
         let weightT = try MatrixView(backend.upload(transposed, label: name), rows: inputSize, cols: outputSize)
         try self.init(weightT: ResidentMatrix(weightT), bias: bias, on: backend, name: name)
-    }
-
-    /// W as stored, 16-bit: `bits` of (outputSize, inputSize) row-major, kept 16-bit as Wᵀ.
-    public convenience init(
-        weightBits bits: [UInt16], dtype: SafetensorsDType, outputSize: Int, inputSize: Int, bias: [Float]? = nil, scratch: Scratch,
-        on backend: any Backend, name: String
-    ) throws(SheafError) {
-        let weightT = try ResidentMatrix(
-            bits: bits, dtype: dtype, rows: outputSize, cols: inputSize, transposed: true, scratch: scratch, on: backend, label: name)
-        try self.init(weightT: weightT, bias: bias, on: backend, name: name)
     }
 
     init(weightT: ResidentMatrix, bias: [Float]?, on backend: any Backend, name: String) throws(SheafError) {
