@@ -21,6 +21,11 @@
 //   binary16 through vload_half, core in OpenCL 1.2 without cl_khr_fp16; bfloat16 as the top
 //   half of a float's bits), src and out (rows, cols). NDRange: global (cols, rows): consecutive
 //   work-items read consecutive 2-byte elements and write consecutive floats (coalesced).
+// dequantize_rows: W[r, c] = minima[r, c/group] + q * steps[r, c/group] for the bits-wide code q
+//   at bits c*bits.. of row r of the uint8 codes (little-endian bit stream per row), written to
+//   out (rows, n) or, transposed, out (n, rows). Product and sum rounded apart (FP_CONTRACT OFF),
+//   as the host codec computes them. NDRange: global (n, rows), or (rows, n) when transposed, so
+//   that consecutive work-items write consecutive floats (coalesced) either way.
 // gather_columns: out[r, i] = src[r, labels[i]] (0 for a label outside 0..k-1), src (rows, k),
 //   out (rows, n). NDRange: global (n, rows): consecutive work-items write consecutive outputs of
 //   one row (coalesced); their reads hit the k columns of the same row, which stay in cache.
@@ -141,6 +146,27 @@ __kernel void bfloat16_to_float(const int rows, const int cols,
     const int c = get_global_id(0), r = get_global_id(1);
     if (c >= cols || r >= rows) return;
     out[offO + r * ldo + c] = as_float((uint)src[offS + r * lds + c] << 16);
+}
+
+__kernel void dequantize_rows(const int rows, const int n, const int bits, const int group, const int transposed,
+                              __global const uchar *codes, const int offC, const int ldc,
+                              __global const float *minima, const int offM, const int ldm,
+                              __global const float *steps, const int offS, const int lds,
+                              __global float *out, const int offO, const int ldo)
+{
+#pragma OPENCL FP_CONTRACT OFF
+    const int r = transposed ? get_global_id(0) : get_global_id(1);
+    const int c = transposed ? get_global_id(1) : get_global_id(0);
+    if (c >= n || r >= rows) return;
+    const int bit = c * bits;
+    __global const uchar *row = codes + offC + r * ldc;
+    uint word = row[bit >> 3];
+    if ((bit & 7) + bits > 8) word |= (uint)row[(bit >> 3) + 1] << 8;
+    const uint q = (word >> (bit & 7)) & ((1u << bits) - 1u);
+    const int g = c / group;
+    const float scaled = (float)q * steps[offS + r * lds + g];
+    const float value = minima[offM + r * ldm + g] + scaled;
+    if (transposed) out[offO + c * ldo + r] = value; else out[offO + r * ldo + c] = value;
 }
 
 __kernel void gather_columns(const int rows, const int n, const int k,

@@ -1,16 +1,18 @@
 import SheafCore
 
-/// Element types a backend buffer can hold. `float16` (IEEE binary16) and `bfloat16` are
-/// storage types only: weights kept as a checkpoint stores them, read by
-/// `convertToFloat32` into float32 before any arithmetic.
+/// Element types a backend buffer can hold. `float16` (IEEE binary16), `bfloat16` and `uint8`
+/// are storage types only: weights kept as a checkpoint stores them, read by
+/// `convertToFloat32` (16-bit floats) or `dequantizeRows` (packed codes) into float32 before
+/// any arithmetic.
 public enum ScalarType: String, Sendable {
-    case float32, float64, int32, float16, bfloat16
+    case float32, float64, int32, float16, bfloat16, uint8
 
     public var byteSize: Int {
         switch self {
         case .float32, .int32: 4
         case .float64: 8
         case .float16, .bfloat16: 2
+        case .uint8: 1
         }
     }
 
@@ -192,6 +194,18 @@ public protocol Backend: AnyObject, Sendable {
     /// their stored 16-bit form are converted into a scratch just before a product reads them.
     /// Exact (every 16-bit value is a float32); infinities and NaN carry over.
     func convertToFloat32(_ src: MatrixView, into out: MatrixView) throws(SheafError)
+
+    /// Rows of a group-wise round-to-nearest quantised matrix W (rows, n) as float32: code q of
+    /// W[r, c] is bits c·bits ..< (c+1)·bits of row r of `codes` (a (rows, ≥ ⌈n·bits/8⌉) view of a
+    /// `uint8` buffer; bit b of a row is bit b % 8 of its byte b / 8), and
+    /// W[r, c] = minima[r, g] + q · steps[r, g] with g = c / group, minima and steps (rows,
+    /// ⌈n/group⌉) float32, the product rounded before the sum (no fused multiply-add: every
+    /// backend and the host codec give the same bits). out is (rows, n), or Wᵀ (n, rows) when
+    /// `transposed` (the layout a product x·Wᵀ reads). bits 1...8. Weights kept quantised are
+    /// expanded into a scratch, a block of rows at a time, just before a product reads them.
+    func dequantizeRows(
+        codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int, into out: MatrixView, transposed: Bool
+    ) throws(SheafError)
 
     // MARK: forward-pass element-wise ops (float32, rows are tokens)
 

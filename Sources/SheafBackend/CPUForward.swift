@@ -258,6 +258,40 @@ extension CPUBackend {
         }
     }
 
+    public func dequantizeRows(
+        codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int, into out: MatrixView, transposed: Bool
+    ) throws(SheafError) {
+        try Check.owner(self, [codes, minima, steps, out], op: "dequantizeRows")
+        try Check.dequantizeRows(codes, minima, steps, bits: bits, group: group, out, transposed: transposed)
+        nonisolated(unsafe) let pc = host(codes.buffer).assumingMemoryBound(to: UInt8.self) + codes.offset
+        nonisolated(unsafe) let (pm, ps, po) = (floats(minima), floats(steps), floats(out))
+        let n = transposed ? out.rows : out.cols, rows = codes.rows
+        // Element c of row r goes to po[r·rowStep + c·colStep].
+        let (rowStep, colStep) = transposed ? (1, out.rowStride) : (out.rowStride, 1)
+        let (cs, ms, ss, mask) = (codes.rowStride, minima.rowStride, steps.rowStride, UInt32((1 << bits) - 1))
+        forEachRow(rows) { r in
+            let row = pc + r * cs, to = po + r * rowStep
+            for g in 0..<((n + group - 1) / group) {
+                let m = pm[r * ms + g], s = ps[r * ss + g]
+                for c in (g * group)..<min(n, (g + 1) * group) {
+                    let q: UInt32
+                    switch bits {
+                    case 8: q = UInt32(row[c])
+                    case 4: q = UInt32(row[c >> 1] >> UInt8((c & 1) << 2)) & 15
+                    default:
+                        let bit = c * bits
+                        var word = UInt32(row[bit >> 3])
+                        if (bit & 7) + bits > 8 { word |= UInt32(row[(bit >> 3) + 1]) << 8 }
+                        q = (word >> UInt32(bit & 7)) & mask
+                    }
+                    // Rounded product, then the sum: the codec's own arithmetic (no FMA).
+                    let scaled = Float(q) * s
+                    to[c * colStep] = m + scaled
+                }
+            }
+        }
+    }
+
     // MARK: clustered layers
 
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {

@@ -112,6 +112,21 @@ extension OpenCLBackend {
              .buffer(out.buffer), .int(out.offset), .int(out.rowStride)])
     }
 
+    public func dequantizeRows(
+        codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int, into out: MatrixView, transposed: Bool
+    ) throws(SheafError) {
+        try Check.owner(self, [codes, minima, steps, out], op: "dequantizeRows")
+        try Check.dequantizeRows(codes, minima, steps, bits: bits, group: group, out, transposed: transposed)
+        let n = transposed ? out.rows : out.cols
+        try runtime.launch(
+            "dequantize_rows", in: "forward", tunables, global: transposed ? [codes.rows, n] : [n, codes.rows], local: nil,
+            [.int(codes.rows), .int(n), .int(bits), .int(group), .int(transposed ? 1 : 0),
+             .buffer(codes.buffer), .int(codes.offset), .int(codes.rowStride),
+             .buffer(minima.buffer), .int(minima.offset), .int(minima.rowStride),
+             .buffer(steps.buffer), .int(steps.offset), .int(steps.rowStride),
+             .buffer(out.buffer), .int(out.offset), .int(out.rowStride)])
+    }
+
     // MARK: clustered layers
 
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {

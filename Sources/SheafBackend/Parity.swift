@@ -493,6 +493,31 @@ public enum Parity {
         return result("convertToFloat32", backend, "\(scalar) (\(rows), \(cols)) stride \(stride)", error, 0, f)
     }
 
+    /// Random codes of `bits` in a strided uint8 view (stride bytesPerRow + 3, offset 5) with
+    /// random minima and steps (strided), `group` not dividing `n` (a short last group); W or Wᵀ.
+    /// The same arithmetic everywhere, so the error must be 0.
+    public static func dequantizeRows(
+        _ backend: any Backend, _ reference: any Backend, rows: Int, n: Int, bits: Int, group: Int, transposed: Bool, seed: UInt64 = 1
+    ) throws(SheafError) -> ParityResult {
+        let rowBytes = (n * bits + 7) / 8, stride = rowBytes + 3, offset = 5, groups = (n + group - 1) / group
+        var rng = SplitMix64(seed: seed)
+        let codes = (0..<(offset + rows * stride)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let minima = Matrix<Float>.random(rows: rows, cols: groups, seed: seed &+ 1)
+        var steps = Matrix<Float>.random(rows: rows, cols: groups, seed: seed &+ 2)
+        for i in steps.values.indices { steps.values[i] = abs(steps.values[i]) * 0.01 }
+        let start = Matrix<Float>.zeros(rows: transposed ? n : rows, cols: transposed ? rows : n)
+        let (error, f) = try compareOutputs(backend, reference, start: start, pad: 2, guardValue: guardValue) {
+            (be, out) throws(SheafError) in
+            let buffer = try withBytes(of: codes) { (raw) throws(SheafError) in try be.uploadBytes(raw, as: .uint8) }
+            try be.dequantizeRows(
+                codes: try MatrixView(buffer, rows: rows, cols: rowBytes, rowStride: stride, offset: offset),
+                minima: try input(be, minima, strided: true), steps: try input(be, steps, strided: true), bits: bits, group: group,
+                into: out, transposed: transposed)
+        }
+        return result(
+            "dequantizeRows", backend, "\(bits)-bit (\(rows), \(n)) group \(group)\(transposed ? " transposed" : "")", error, 0, f)
+    }
+
     /// Random labels in 0..<k (some columns never used, some used many times), strided operands.
     public static func gatherColumns(_ backend: any Backend, _ reference: any Backend, rows: Int, k: Int, n: Int, seed: UInt64 = 1)
         throws(SheafError) -> ParityResult
@@ -603,6 +628,12 @@ public enum Parity {
                 try convertToFloat32(backend, reference, rows: 17, cols: 100, scalar: .float16) }),
             ("convertToFloat32", { () throws(SheafError) in
                 try convertToFloat32(backend, reference, rows: 17, cols: 100, scalar: .bfloat16) }),
+            ("dequantizeRows", { () throws(SheafError) in
+                try dequantizeRows(backend, reference, rows: 17, n: 100, bits: 4, group: 32, transposed: true) }),
+            ("dequantizeRows", { () throws(SheafError) in
+                try dequantizeRows(backend, reference, rows: 17, n: 100, bits: 8, group: 64, transposed: false) }),
+            ("dequantizeRows", { () throws(SheafError) in
+                try dequantizeRows(backend, reference, rows: 9, n: 77, bits: 3, group: 10, transposed: true) }),
             ("sumColumnGroups", { () throws(SheafError) in try sumColumnGroups(backend, reference, rows: 17, n: 100, k: 19) }),
             ("crossEntropy", { () throws(SheafError) in try crossEntropy(backend, reference, rows: 9, vocabulary: 1000) }),
             ("klDivergence", { () throws(SheafError) in try klDivergence(backend, reference, rows: 9, vocabulary: 1000) }),

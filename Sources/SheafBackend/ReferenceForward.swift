@@ -144,6 +144,28 @@ extension ReferenceBackend {
         }
     }
 
+    /// The codec read bit by bit, one element at a time.
+    public func dequantizeRows(
+        codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int, into out: MatrixView, transposed: Bool
+    ) throws(SheafError) {
+        try Check.owner(self, [codes, minima, steps, out], op: "dequantizeRows")
+        try Check.dequantizeRows(codes, minima, steps, bits: bits, group: group, out, transposed: transposed)
+        let pc = host(codes.buffer).assumingMemoryBound(to: UInt8.self), pm = floats(minima), ps = floats(steps), po = floats(out)
+        let n = transposed ? out.rows : out.cols
+        for r in 0..<codes.rows {
+            for c in 0..<n {
+                var q = 0
+                for b in 0..<bits {
+                    let bit = c * bits + b
+                    q |= Int((pc[codes.offset + r * codes.rowStride + bit / 8] >> UInt8(bit % 8)) & 1) << b
+                }
+                let g = c / group
+                let scaled = Float(q) * ps[r * steps.rowStride + g]
+                po[transposed ? c * out.rowStride + r : r * out.rowStride + c] = pm[r * minima.rowStride + g] + scaled
+            }
+        }
+    }
+
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {
         try Check.owner(self, [src, out], [labels], op: "gatherColumns")
         try Check.gatherColumns(src, labels, out)

@@ -156,6 +156,29 @@ enum Check {
         for v in [src, out] { try fitsInt32(v, op: op) }
     }
 
+    static func dequantizeRows(
+        _ codes: MatrixView, _ minima: MatrixView, _ steps: MatrixView, bits: Int, group: Int, _ out: MatrixView, transposed: Bool
+    ) throws(SheafError) {
+        let op = "dequantizeRows"
+        guard codes.buffer.scalar == .uint8 else { throw .invalidArgument(op: op, detail: "codes must be uint8, are \(codes.buffer.scalar)") }
+        try scalar(minima, .float32, "minima", op: op)
+        try scalar(steps, .float32, "steps", op: op)
+        try scalar(out, .float32, "out", op: op)
+        guard (1...8).contains(bits), group >= 1 else { throw .invalidArgument(op: op, detail: "bits \(bits) (1-8), group \(group) (≥ 1)") }
+        let (rows, n) = transposed ? (out.cols, out.rows) : (out.rows, out.cols)
+        let groups = (n + group - 1) / group
+        guard codes.rows == rows, codes.cols * 8 >= n * bits, minima.rows == rows, minima.cols == groups, steps.rows == rows,
+            steps.cols == groups
+        else {
+            throw .shapeMismatch(
+                op: op, detail: "codes \(codes.shape), minima \(minima.shape), steps \(steps.shape), out \(out.shape)\(transposed ? " transposed" : ""), \(bits) bits, group \(group)")
+        }
+        for v in [codes, minima, steps, out] {
+            try nonEmpty(v, "operand", op: op)
+            try fitsInt32(v, op: op)
+        }
+    }
+
     static func gatherColumns(_ src: MatrixView, _ labels: DeviceBuffer, _ out: MatrixView) throws(SheafError) {
         let op = "gatherColumns"
         try float32Pair(src, out, op: op)

@@ -1,16 +1,17 @@
 import Foundation
 import SheafCore
 
-/// `sheaf.json` of a compressed checkpoint, format 2: for every compressed linear module its
+/// `sheaf.json` of a compressed checkpoint, format 3: for every compressed linear module its
 /// stored-layer kind and the tensors it uses (a tensor used by several modules, such as a basis
-/// shared across layers, is stored once), and, as a separate block, the method that made it with
-/// its options and report. Modules not listed are dense under their HuggingFace names.
+/// shared across layers, is stored once), as a separate block the method that made it with its
+/// options and report, and the table of tensors stored quantised (any tensor, whichever kind or
+/// none uses it: `quantizedTensors`). Modules not listed are dense under their HuggingFace names.
 ///
-/// Format 1 (Sheaf 0.1, low-rank only: `groups` of a basis tensor and per-layer `.coefficients`)
-/// is read and converted on load.
+/// Format 2 is format 3 without the table; format 1 (Sheaf 0.1, low-rank only: `groups` of a
+/// basis tensor and per-layer `.coefficients`) is read and converted on load.
 public struct CompressedManifest: Codable, Sendable, Equatable {
     public static let formatName = "sheaf-compressed"
-    public static let formatVersion = 2
+    public static let formatVersion = 3
     public static let fileName = "sheaf.json"
 
     /// How one linear module is stored: a kind from the stored-layer table (SheafModel's
@@ -51,6 +52,27 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
         public init(name: String, options: JSONValue, report: JSONValue) { (self.name, self.options, self.report) = (name, options, report) }
     }
 
+    /// A (rows, cols) tensor stored group-wise quantised with the round-to-nearest codec
+    /// (`RoundToNearest`): three stored tensors stand for it, `codes` U8 (rows, ⌈cols·bits/8⌉)
+    /// and `minima`, `steps` F16 (rows, ⌈cols/group⌉). Readers see the tensor under its own name
+    /// with `shape`, whatever kind (or none: the embedding, a dense module) reads it.
+    public struct QuantizedTensor: Codable, Sendable, Equatable {
+        public var shape: [Int]
+        public var bits: Int
+        public var group: Int
+        public var codes: String
+        public var minima: String
+        public var steps: String
+        public init(shape: [Int], bits: Int, group: Int, codes: String, minima: String, steps: String) {
+            (self.shape, self.bits, self.group, self.codes, self.minima, self.steps) = (shape, bits, group, codes, minima, steps)
+        }
+
+        /// The names `compress` gives the parts of tensor `name`.
+        public static func parts(of name: String) -> (codes: String, minima: String, steps: String) {
+            (name + ".q_codes", name + ".q_minima", name + ".q_steps")
+        }
+    }
+
     public struct Calibration: Codable, Sendable, Equatable {
         public var protocolName: String?
         public var windows: Int
@@ -84,13 +106,16 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
     /// tensors and the source's untouched matrices; vectors stay F32, codes and labels keep their
     /// own types. nil in checkpoints written before it was recorded (all F32 then).
     public var dtype: String?
+    /// Tensor name → how it is stored quantised; nil or empty when nothing is (formats 1 and 2).
+    public var quantizedTensors: [String: QuantizedTensor]?
 
     public init(
         sheafVersion: String, requestedRatio: Double?, achievedRatio: Double, denseLinearParameters: Int, storedLinearParameters: Int,
         calibration: Calibration?, source: String, sourceChecksum: String, modules: [String: Module], method: Method,
-        dtype: String? = nil
+        dtype: String? = nil, quantizedTensors: [String: QuantizedTensor]? = nil
     ) {
         self.dtype = dtype
+        self.quantizedTensors = quantizedTensors
         self.sheafVersion = sheafVersion
         self.requestedRatio = requestedRatio
         self.achievedRatio = achievedRatio

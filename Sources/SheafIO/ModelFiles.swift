@@ -23,6 +23,8 @@ public final class ModelFiles: @unchecked Sendable {
         var storeName: String
         /// llama GGUF Q/K projections: un-permute rows with this many heads.
         var unpermuteHeads: Int?
+        /// A tensor a compressed checkpoint stores quantised: its parts (`storeName` is unused).
+        var quantized: CompressedManifest.QuantizedTensor? = nil
     }
 
     public static func open(_ path: String) throws(SheafError) -> ModelFiles {
@@ -103,6 +105,15 @@ public final class ModelFiles: @unchecked Sendable {
         for name in store.tensorNames { sources[name] = Source(storeName: name, unpermuteHeads: nil) }
         let manifestPath = dir + "/" + CompressedManifest.fileName
         let manifest = FileManager.default.fileExists(atPath: manifestPath) ? try CompressedManifest.load(manifestPath) : nil
+        // A quantised tensor is seen under its own name; its three parts are not tensors of the model.
+        for (name, q) in (manifest?.quantizedTensors ?? [:]).sorted(by: { $0.key < $1.key }) {
+            try checkQuantized(name, q, store: store, path: dir)
+            guard sources[name] == nil else {
+                throw .io(path: dir, detail: "tensor '\(name)' is both stored and listed as quantised in \(CompressedManifest.fileName)")
+            }
+            for part in [q.codes, q.minima, q.steps] { sources[part] = nil }
+            sources[name] = Source(storeName: name, unpermuteHeads: nil, quantized: q)
+        }
         return ModelFiles(path: dir, format: .safetensors, config: config, store: store, sources: sources, manifest: manifest)
     }
 
@@ -190,16 +201,73 @@ public final class ModelFiles: @unchecked Sendable {
         return s
     }
 
-    /// Shape in PyTorch order and the stored type (e.g. "Q4_1", "BF16"), under the HF name.
+    /// That the parts of quantised tensor `name` exist with the shapes `q` implies (codes U8), from
+    /// the headers alone: a checkpoint whose table and tensors disagree is refused when it opens.
+    static func checkQuantized(_ name: String, _ q: CompressedManifest.QuantizedTensor, store: any TensorStore, path: String)
+        throws(SheafError)
+    {
+        let what = "quantised tensor '\(name)' (\(q.bits) bits, group \(q.group), shape \(q.shape))"
+        guard q.shape.count == 2, q.shape.allSatisfy({ $0 >= 1 }), (1...8).contains(q.bits), (1...q.shape[1]).contains(q.group) else {
+            throw .io(path: path, detail: "\(what): needs a (rows, cols) shape, bits 1-8 and a group of 1 to cols")
+        }
+        let (rows, cols) = (q.shape[0], q.shape[1])
+        let expected = [
+            (q.codes, "codes", [rows, RoundToNearest.bytesPerRow(dIn: cols, bits: q.bits)]),
+            (q.minima, "minima", [rows, RoundToNearest.groups(dIn: cols, group: q.group)]),
+            (q.steps, "steps", [rows, RoundToNearest.groups(dIn: cols, group: q.group)]),
+        ]
+        for (part, role, shape) in expected {
+            guard store.tensorNames.contains(part) else { throw .io(path: path, detail: "\(what): its \(role) '\(part)' are not in the files") }
+            let info = try store.info(part)
+            guard info.shape == shape else {
+                throw .io(path: path, detail: "\(what): its \(role) '\(part)' have shape \(info.shape), expected \(shape)")
+            }
+            guard role != "codes" || info.type == SafetensorsDType.U8.rawValue else {
+                throw .io(path: path, detail: "\(what): its codes '\(part)' are \(info.type), expected U8")
+            }
+        }
+    }
+
+    /// Shape in PyTorch order and the stored type (e.g. "Q4_1", "BF16"; "Q8G64" for a tensor a
+    /// compressed checkpoint stores as 8-bit codes in groups of 64), under the HF name.
     public func info(_ name: String) throws(SheafError) -> TensorInfo {
-        var i = try store.info(try source(name).storeName)
+        let s = try source(name)
+        if let q = s.quantized {
+            var bytes = 0
+            for part in [q.codes, q.minima, q.steps] { bytes += try store.info(part).byteCount }
+            return TensorInfo(name: name, shape: q.shape, type: "Q\(q.bits)G\(q.group)", byteCount: bytes)
+        }
+        var i = try store.info(s.storeName)
         i.name = name
         return i
+    }
+
+    /// A tensor stored quantised, as its parts: codes (rows × bytes per row, row-major), minima
+    /// and steps (rows × groups); nil for any other tensor.
+    public func quantized(_ name: String) throws(SheafError)
+        -> (layout: CompressedManifest.QuantizedTensor, codes: [UInt8], minima: [Float], steps: [Float])?
+    {
+        guard let q = try source(name).quantized else { return nil }
+        let codes: [UInt8]
+        if let file = store as? SafetensorsFile { codes = try file.rawBytes(q.codes) } else if let shards = store as? ShardedSafetensors {
+            codes = try shards.rawBytes(q.codes)
+        } else { throw .io(path: path, detail: "quantised tensor '\(name)' outside a safetensors folder") }
+        let (minima, steps) = (try store.float32(q.minima), try store.float32(q.steps))
+        for (values, part) in [(minima, q.minima), (steps, q.steps)] {
+            if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                throw .nonFinite(op: "load \(path)", what: "tensor '\(part)' of quantised '\(name)' at element \(bad) (\(values[bad]))")
+            }
+        }
+        return (q, codes, minima, steps)
     }
 
     /// Float32 values in the HuggingFace layout.
     public func float32(_ name: String) throws(SheafError) -> [Float] {
         let s = try source(name)
+        if let (q, codes, minima, steps) = try quantized(name) {
+            return RoundToNearest.dequantize(
+                codes: codes.map(Float.init), minima: minima, steps: steps, dOut: q.shape[0], dIn: q.shape[1], bits: q.bits, group: q.group)
+        }
         let values = try store.float32(s.storeName)
         guard let heads = s.unpermuteHeads else { return values }
         return try LlamaPermutation.unpermute(values, shape: try store.info(s.storeName).shape, heads: heads)

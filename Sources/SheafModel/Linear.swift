@@ -18,7 +18,7 @@ public protocol LinearLayer: AnyObject, Sendable {
 /// A dense weight W (outputSize, inputSize), kept on the backend as Wᵀ (inputSize,
 /// outputSize) so the product is a plain x·Wᵀ GEMM with no transposed operand, which every
 /// backend (and the CPU-driver OpenCL kernels) runs fastest. Wᵀ stays in its stored type
-/// (`ResidentMatrix`); a 16-bit one is converted a block of at most `convertedElements`
+/// (`ResidentMatrix`); a 16-bit or quantised one is expanded a block of at most `convertedElements`
 /// columns×rows at a time (the output head: 28M weights, in 8 blocks), so the scratch stays small.
 public final class DenseLinear: LinearLayer, @unchecked Sendable {
     public let inputSize: Int
@@ -29,7 +29,7 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     /// (1, outputSize), or nil.
     let bias: MatrixView?
     public let storedTensors: [String: Int]
-    /// Most float32 elements a 16-bit weight is converted into at once (16 MB).
+    /// Most float32 elements a 16-bit or quantised weight is expanded into at once (16 MB).
     static let convertedElements = 4 << 20
 
     /// `weight`: W as (outputSize, inputSize) row-major values. `name`: the module path; its
@@ -64,8 +64,8 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     }
 
     public func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
-        if weightT.scratch == nil {
-            try backend.gemm(x, transposeA: false, weightT.stored, transposeB: false, into: y, alpha: 1, beta: 0)
+        if let w = weightT.float32InPlace {
+            try backend.gemm(x, transposeA: false, w, transposeB: false, into: y, alpha: 1, beta: 0)
         } else {
             let block = max(1, min(outputSize, Self.convertedElements / max(inputSize, 1)))
             for start in stride(from: 0, to: outputSize, by: block) {

@@ -50,12 +50,12 @@ public final class DecoderLayer: @unchecked Sendable {
 enum TokenEmbedding {
     /// Untied: E on the host, rows copied per window.
     case host([Float])
-    /// Tied: the output head's own Eᵀ (hidden, vocabulary) on the backend, and the (hidden,
-    /// hidden) identity that transposes gathered columns.
-    case transposedHead(MatrixView, identity: MatrixView)
+    /// Tied: the output head's own Eᵀ (hidden, vocabulary) on the backend in its stored form,
+    /// and the (hidden, hidden) identity that transposes gathered columns.
+    case transposedHead(ResidentMatrix, identity: MatrixView)
 
     /// `eT` (hidden, vocabulary) and the identity of its row count, uploaded to `backend`.
-    static func transposedHead(_ eT: MatrixView, on backend: any Backend) throws(SheafError) -> TokenEmbedding {
+    static func transposedHead(_ eT: ResidentMatrix, on backend: any Backend) throws(SheafError) -> TokenEmbedding {
         let d = eT.rows
         var values = [Float](repeating: 0, count: d * d)
         for i in 0..<d { values[i * d + i] = 1 }
@@ -91,7 +91,7 @@ public final class LlamaModel: @unchecked Sendable {
         let tiedHead: DenseLinear?
         if config.tiedEmbeddings {
             let head = try loader.outputHead(tied: true)
-            embedding = try .transposedHead(head.weightT.stored, on: backend)
+            embedding = try .transposedHead(head.weightT, on: backend)
             tiedHead = head
         } else {
             embedding = .host(try loader.embedding())
@@ -159,18 +159,29 @@ public final class LlamaModel: @unchecked Sendable {
             // Columns `tokens` of Eᵀ (hidden, vocabulary) are the rows wanted, transposed:
             // gather them, then transpose with one GEMM against the identity (2·tokens·hidden²
             // flops, under 0.2% of a forward pass, and exact: each output is one product by 1).
-            // A 16-bit Eᵀ is converted column by column instead of gathered.
+            // A 16-bit Eᵀ is converted column by column instead of gathered; a quantised one
+            // holds E's rows as they are wanted, each expanded in place.
+            let rows = try backend.zeros(.float32, rows: tokens.count, cols: d)
             let columns = try backend.zeros(.float32, rows: d, cols: tokens.count)
-            if eT.buffer.scalar.isHalfStorage {
+            switch eT.storage {
+            case .float32(let v):
+                try backend.gatherColumns(v, labels: backend.upload(tokens, label: "token ids"), into: columns)
+            case .half(let v):
                 for (i, t) in tokens.enumerated() {
                     try backend.convertToFloat32(
-                        try MatrixView(eT.buffer, rows: d, cols: 1, rowStride: eT.rowStride, offset: eT.offset + Int(t)),
+                        try MatrixView(v.buffer, rows: d, cols: 1, rowStride: v.rowStride, offset: v.offset + Int(t)),
                         into: try MatrixView(columns.buffer, rows: d, cols: 1, rowStride: tokens.count, offset: i))
                 }
-            } else {
-                try backend.gatherColumns(eT, labels: backend.upload(tokens, label: "token ids"), into: columns)
+            case .quantized(let codes, let minima, let steps, let bits, let group):
+                for (i, t) in tokens.enumerated() {
+                    let token = Int(t)..<Int(t) + 1
+                    try backend.dequantizeRows(
+                        codes: try ResidentMatrix.rowBlock(codes, token), minima: try ResidentMatrix.rowBlock(minima, token),
+                        steps: try ResidentMatrix.rowBlock(steps, token), bits: bits, group: group,
+                        into: try ResidentMatrix.rowBlock(rows, i..<i + 1), transposed: false)
+                }
+                return rows
             }
-            let rows = try backend.zeros(.float32, rows: tokens.count, cols: d)
             try backend.gemm(columns, transposeA: true, identity, transposeB: false, into: rows, alpha: 1, beta: 0)
             return rows
         }

@@ -2,24 +2,51 @@ import SheafBackend
 import SheafCore
 import SheafIO
 
-/// A weight matrix on the backend in the type its checkpoint stores: float32, or float16 /
-/// bfloat16 kept as 16 bits and converted into a scratch shared by every layer just before a
+/// A weight matrix on the backend in the form its checkpoint stores: float32; float16 /
+/// bfloat16 kept as 16 bits; or group-wise quantised codes with their minima and steps. A
+/// 16-bit or quantised matrix is expanded into a scratch shared by every layer just before a
 /// product reads it (layers run one at a time), so that a model's resident memory follows its
-/// bytes on disk. The conversion is exact; it costs one pass over the matrix per product.
+/// bytes on disk. The expansion is exact (the values are the checkpoint's); it costs one pass
+/// over the matrix per product.
 public struct ResidentMatrix: Sendable {
-    /// (rows, cols) as uploaded: float32, float16 or bfloat16.
-    public let stored: MatrixView
-    /// Where a 16-bit matrix is converted; nil for float32.
+    public enum Storage: Sendable {
+        /// (rows, cols) float32, read as it is.
+        case float32(MatrixView)
+        /// (rows, cols) float16 or bfloat16.
+        case half(MatrixView)
+        /// The stored tensor T (cols, rows), of which this matrix is the transpose, as its
+        /// codes (cols, bytes per row) uint8 and minima, steps (cols, groups) float32: a column
+        /// block of this matrix is a row block of T (`Backend.dequantizeRows`).
+        case quantized(codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int)
+    }
+
+    public let storage: Storage
+    /// Rows and columns of the matrix a product reads (the transpose of a quantised tensor).
+    public let rows: Int
+    public let cols: Int
+    /// Where a 16-bit or quantised matrix is expanded; nil for float32.
     let scratch: Scratch?
 
-    public var rows: Int { stored.rows }
-    public var cols: Int { stored.cols }
+    /// The element type held: float32, float16, bfloat16, or uint8 for codes.
+    public var storedScalar: ScalarType {
+        switch storage {
+        case .float32(let v), .half(let v): v.buffer.scalar
+        case .quantized(let codes, _, _, _, _): codes.buffer.scalar
+        }
+    }
+
     /// Bytes it holds on the backend.
-    public var residentBytes: Int { stored.rows * stored.cols * stored.buffer.scalar.byteSize }
+    public var residentBytes: Int {
+        switch storage {
+        case .float32(let v), .half(let v): v.rows * v.cols * v.buffer.scalar.byteSize
+        case .quantized(let codes, let minima, let steps, _, _): codes.buffer.byteCount + minima.buffer.byteCount + steps.buffer.byteCount
+        }
+    }
 
     /// Float32 values, uploaded as they are.
     public init(_ view: MatrixView) {
-        stored = view
+        storage = .float32(view)
+        (rows, cols) = (view.rows, view.cols)
         scratch = nil
     }
 
@@ -44,24 +71,68 @@ public struct ResidentMatrix: Sendable {
         let uploaded: Result<DeviceBuffer, SheafError> = laid.withUnsafeBytes { raw in
             do throws(SheafError) { return .success(try backend.uploadBytes(raw, as: scalar)) } catch { return .failure(error) }
         }
-        let buffer = try uploaded.get()
-        stored = try MatrixView(buffer, rows: transposed ? cols : rows, cols: transposed ? rows : cols)
+        let view = try MatrixView(try uploaded.get(), rows: transposed ? cols : rows, cols: transposed ? rows : cols)
+        storage = .half(view)
+        (self.rows, self.cols) = (view.rows, view.cols)
         self.scratch = scratch
     }
 
-    /// The whole matrix as float32: `stored` itself, or its conversion in the scratch (valid
-    /// until the next conversion through the same scratch).
+    /// A quantised tensor T (`layout.shape` = (tRows, tCols)) as its transpose (tCols, tRows), the
+    /// layout a product x·Tᵀ reads, kept as codes, minima and steps.
+    public init(
+        quantized layout: CompressedManifest.QuantizedTensor, codes: [UInt8], minima: [Float], steps: [Float], scratch: Scratch,
+        on backend: any Backend, label: String
+    ) throws(SheafError) {
+        let (tRows, tCols) = (layout.shape[0], layout.shape[1])
+        let rowBytes = RoundToNearest.bytesPerRow(dIn: tCols, bits: layout.bits), groups = RoundToNearest.groups(dIn: tCols, group: layout.group)
+        guard codes.count == tRows * rowBytes, minima.count == tRows * groups, steps.count == tRows * groups else {
+            throw .shapeMismatch(op: "upload \(label)", detail: "\(codes.count) code bytes, \(minima.count) minima, \(steps.count) steps for \(layout.shape)")
+        }
+        let uploaded: Result<DeviceBuffer, SheafError> = codes.withUnsafeBytes { raw in
+            do throws(SheafError) { return .success(try backend.uploadBytes(raw, as: .uint8)) } catch { return .failure(error) }
+        }
+        storage = .quantized(
+            codes: try MatrixView(try uploaded.get(), rows: tRows, cols: rowBytes),
+            minima: try MatrixView(backend.upload(minima, label: label + " minima"), rows: tRows, cols: groups),
+            steps: try MatrixView(backend.upload(steps, label: label + " steps"), rows: tRows, cols: groups), bits: layout.bits,
+            group: layout.group)
+        (rows, cols) = (tCols, tRows)
+        self.scratch = scratch
+    }
+
+    /// The float32 matrix when it is held as float32 (a product reads it in place); nil otherwise.
+    public var float32InPlace: MatrixView? {
+        if case .float32(let v) = storage { return v }
+        return nil
+    }
+
+    /// The whole matrix as float32: itself, or its expansion in the scratch (valid until the
+    /// next expansion through the same scratch).
     public func float32() throws(SheafError) -> MatrixView {
         try float32(columns: 0..<cols)
     }
 
     /// Columns `columns` as a float32 (rows, columns.count) view.
     public func float32(columns: Range<Int>) throws(SheafError) -> MatrixView {
-        let block = try MatrixView(
-            stored.buffer, rows: rows, cols: columns.count, rowStride: stored.rowStride, offset: stored.offset + columns.lowerBound)
-        guard let scratch else { return block }
-        let out = try scratch.view(rows: rows, cols: columns.count)
-        try scratch.backend.convertToFloat32(block, into: out)
-        return out
+        switch storage {
+        case .float32(let v):
+            return try MatrixView(v.buffer, rows: rows, cols: columns.count, rowStride: v.rowStride, offset: v.offset + columns.lowerBound)
+        case .half(let v):
+            let block = try MatrixView(v.buffer, rows: rows, cols: columns.count, rowStride: v.rowStride, offset: v.offset + columns.lowerBound)
+            let out = try scratch!.view(rows: rows, cols: columns.count)
+            try scratch!.backend.convertToFloat32(block, into: out)
+            return out
+        case .quantized(let codes, let minima, let steps, let bits, let group):
+            let out = try scratch!.view(rows: rows, cols: columns.count)
+            try scratch!.backend.dequantizeRows(
+                codes: try Self.rowBlock(codes, columns), minima: try Self.rowBlock(minima, columns), steps: try Self.rowBlock(steps, columns),
+                bits: bits, group: group, into: out, transposed: true)
+            return out
+        }
+    }
+
+    /// Rows `range` of `v`.
+    static func rowBlock(_ v: MatrixView, _ range: Range<Int>) throws(SheafError) -> MatrixView {
+        try MatrixView(v.buffer, rows: range.count, cols: v.cols, rowStride: v.rowStride, offset: v.offset + range.lowerBound * v.rowStride)
     }
 }

@@ -114,8 +114,9 @@ public final class StoredLayerContext: @unchecked Sendable {
         return s
     }
 
-    /// Tensor `name` of `shape` (rows, cols) on the backend in the type the file stores it when
-    /// that is F16 or BF16 (else float32), as its transpose when `transposed`; shape- and
+    /// Tensor `name` of `shape` (rows, cols) on the backend in the form the file stores it when
+    /// that is F16, BF16 or quantised (quantised only as the transpose, the layout products read;
+    /// otherwise, and for other types, float32), as its transpose when `transposed`; shape- and
     /// NaN-checked by name. Made once per `key` for every module that asks (a shared basis).
     public func resident(_ name: String, rows: Int, cols: Int, transposed: Bool, key: String? = nil) throws(SheafError) -> ResidentMatrix {
         if let key, let made = residentUploads[key] { return made }
@@ -125,7 +126,10 @@ public final class StoredLayerContext: @unchecked Sendable {
         guard info.shape == [rows, cols] else {
             throw .shapeMismatch(op: "load \(files.path)", detail: "tensor '\(name)' has shape \(info.shape), expected \([rows, cols])")
         }
-        if let (dtype, bits) = try files.halfBits(name) {
+        if transposed, let (layout, codes, minima, steps) = try files.quantized(name) {
+            made = try ResidentMatrix(
+                quantized: layout, codes: codes, minima: minima, steps: steps, scratch: try weightScratch(), on: backend, label: name)
+        } else if let (dtype, bits) = try files.halfBits(name) {
             made = try ResidentMatrix(
                 bits: bits, dtype: dtype, rows: rows, cols: cols, transposed: transposed, scratch: try weightScratch(), on: backend, label: name)
         } else {

@@ -67,6 +67,11 @@ final class WrongBackend: Backend, @unchecked Sendable {
     func convertToFloat32(_ src: MatrixView, into out: MatrixView) throws(SheafError) {
         try inner.convertToFloat32(src, into: out)
     }
+    func dequantizeRows(
+        codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int, into out: MatrixView, transposed: Bool
+    ) throws(SheafError) {
+        try inner.dequantizeRows(codes: codes, minima: minima, steps: steps, bits: bits, group: group, into: out, transposed: transposed)
+    }
     func sumColumnGroups(_ src: MatrixView, members: DeviceBuffer, starts: DeviceBuffer, into out: MatrixView) throws(SheafError) {
         try inner.sumColumnGroups(src, members: members, starts: starts, into: out)
     }

@@ -103,7 +103,7 @@ extension BackendSuites {
             #expect(groups.count == 5 + 2 * 2)  // q, k, v, gate, up shared by both layers; o, down per layer
             let compressed = try F.write(r, source: source, tag: "full-\(refit)")
             #expect(compressed.manifest?.method.options["refit"]?.boolValue == (refit == .on))
-            #expect(compressed.manifest?.modules.count == 2 * 7 && compressed.manifest?.formatVersion == 2)
+            #expect(compressed.manifest?.modules.count == 2 * 7 && compressed.manifest?.formatVersion == 3)
             let dense = try logits(source, Backends.cpu), factored = try logits(compressed, Backends.cpu)
             // Two computations of the logits, one with a rank-64 product (and its Float32 factors)
             // after each linear: the forward path's bound (Support.swift).

@@ -127,9 +127,9 @@ extension BackendSuites {
                     for t in MatrixType.allCases {
                         let linear = layer[t]
                         if let l = linear as? LowRankLinear {
-                            #expect(l.basis.stored.buffer.scalar == .float16 && l.coefficients.stored.buffer.scalar == .float16, "\(t)")
+                            #expect(l.basis.storedScalar == .float16 && l.coefficients.storedScalar == .float16, "\(t)")
                         } else if let d = linear as? DenseLinear {
-                            #expect(d.weightT.stored.buffer.scalar == .float16, "\(t)")
+                            #expect(d.weightT.storedScalar == .float16, "\(t)")
                         }
                     }
                 }

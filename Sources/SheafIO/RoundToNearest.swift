@@ -3,8 +3,10 @@ import SheafCore
 /// Round-to-nearest quantisation of a weight matrix W (dOut, dIn), asymmetric per group: each
 /// output row is cut into groups of `group` consecutive inputs (the last may be shorter), and
 /// each group stores a 16-bit minimum m and step s = (max − min)/(2^bits − 1) with codes
-/// q = round((w − m)/s) ∈ [0, 2^bits − 1], so ŵ = m + q·s. The method (rtn) and the stored
-/// kind ("quantized") share this file, so what is written is exactly what is read back.
+/// q = round((w − m)/s) ∈ [0, 2^bits − 1], so ŵ = m + q·s. The method (rtn), its stored kind
+/// ("quantized"), quantised tensors of any kind (`CompressedManifest.QuantizedTensor`, read by
+/// `ModelFiles`) and the backends' `dequantizeRows` share this codec, so what is written is
+/// exactly what is read back.
 public enum RoundToNearest {
     /// Codes packed little-endian per row: code i of a row occupies bits i·bits ..< (i+1)·bits of
     /// the row's bytes (bit b of the stream is bit b % 8 of byte b / 8).
@@ -71,5 +73,34 @@ public enum RoundToNearest {
             }
         }
         return out
+    }
+}
+
+extension CompressedManifest.QuantizedTensor {
+    /// Tensor `name`, (rows, cols) `values`, quantised with `bits` per code in groups of `group`
+    /// (a row shorter than `group` is one group; a longer one not a multiple of it ends in a
+    /// shorter group): its table entry, its three parts to write (codes U8, minima and steps
+    /// F16, named by `parts(of:)`) and the values a reader gets back from them.
+    public static func encode(_ name: String, _ values: Matrix<Float>, bits requestedBits: Int, group requestedGroup: Int) throws(SheafError)
+        -> (entry: Self, parts: [TensorToWrite], dequantized: [Float])
+    {
+        let (bits, group) = (requestedBits, min(requestedGroup, values.cols))
+        guard (1...8).contains(bits), group >= 1 else {
+            throw .invalidArgument(op: "quantize", detail: "tensor '\(name)' (\(values.rows), \(values.cols)): \(bits) bits in groups of \(group)")
+        }
+        if let bad = values.values.firstIndex(where: { !$0.isFinite }) {
+            throw .nonFinite(op: "quantize", what: "tensor '\(name)' at element \(bad) (\(values.values[bad]))")
+        }
+        let q = RoundToNearest.quantize(values, bits: bits, group: group)
+        let names = parts(of: name)
+        let entry = Self(shape: [values.rows, values.cols], bits: bits, group: group, codes: names.codes, minima: names.minima, steps: names.steps)
+        let written = [
+            try TensorToWrite(name: names.codes, shape: [q.codes.rows, q.codes.cols], values: q.codes.values, as: .U8),
+            try TensorToWrite(name: names.minima, shape: [q.minima.rows, q.minima.cols], values: q.minima.values, as: .F16),
+            try TensorToWrite(name: names.steps, shape: [q.steps.rows, q.steps.cols], values: q.steps.values, as: .F16),
+        ]
+        let back = RoundToNearest.dequantize(
+            codes: q.codes.values, minima: q.minima.values, steps: q.steps.values, dOut: values.rows, dIn: values.cols, bits: bits, group: group)
+        return (entry, written, back)
     }
 }
