@@ -7,7 +7,8 @@ import SheafModel
 /// Sheaf's compressed checkpoint: a HuggingFace-like folder (config.json with a `sheaf`
 /// section, tokenizer.json, generation_config.json) whose model.safetensors holds every
 /// untouched tensor under its HuggingFace name and each tensor the compressed modules use,
-/// once, described by sheaf.json (format 2, see `CompressedManifest`).
+/// once (or, quantised, its codes, minima and steps), described by sheaf.json (format 3, see
+/// `CompressedManifest`).
 public enum CompressedCheckpoint {
     /// What `sheaf.json` records about the calibration and the source, besides the method.
     public struct Provenance: Sendable {
@@ -32,6 +33,21 @@ public enum CompressedCheckpoint {
         return total
     }
 
+    /// The source tensors the checkpoint copies (every one the method neither replaced nor
+    /// wrote), each with its storage: the embedding's and an untied head's, the checkpoint's for
+    /// other matrices (modules left dense), F32 for vectors (norms, biases: a few KB).
+    static func untouched(_ r: CompressionResult, source: ModelFiles) throws(SheafError) -> [(name: String, shape: [Int], storage: TensorStorage)] {
+        let replacedWeights = Set(r.output.modules.keys.map { $0 + ".weight" })
+        let written = Set(r.output.tensors.map(\.name))
+        var out: [(String, [Int], TensorStorage)] = []
+        for name in source.tensorNames where !replacedWeights.contains(name) && !written.contains(name) {
+            let shape = try source.info(name).shape
+            let storage: TensorStorage = shape.count < 2 ? .float(.F32) : TensorRole.of(name) == .embedding ? r.embeddingStorage : r.dtype
+            out.append((name, shape, storage))
+        }
+        return out
+    }
+
     public static func manifest(_ r: CompressionResult, source: ModelFiles, provenance p: Provenance) throws(SheafError) -> CompressedManifest {
         var shapes: [String: [Int]] = [:]
         for t in r.output.tensors { shapes[t.name] = [t.value.rows, t.value.cols] }
@@ -46,7 +62,19 @@ public enum CompressedCheckpoint {
             sheafVersion: p.sheafVersion, requestedRatio: r.requestedRatio, achievedRatio: 1 - Double(stored) / Double(dense),
             denseLinearParameters: dense, storedLinearParameters: stored, calibration: p.calibration, source: source.path,
             sourceChecksum: p.sourceChecksum, modules: r.output.modules,
-            method: .init(name: r.method, options: r.options, report: r.output.report.json), dtype: r.dtype.storageName)
+            method: .init(name: r.method, options: r.options, report: r.output.report.json), dtype: r.dtype.name,
+            quantizedTensors: try quantizedTable(r, source: source), embeddingDtype: r.embeddingStorage.name)
+    }
+
+    /// Every tensor the checkpoint stores quantised: the method's and the source's it copies.
+    static func quantizedTable(_ r: CompressionResult, source: ModelFiles) throws(SheafError) -> [String: CompressedManifest.QuantizedTensor]? {
+        var table = r.output.quantized.mapValues(\.entry)
+        for t in try untouched(r, source: source) {
+            if case .quantized(let bits, let group) = t.storage {
+                table[t.name] = .entry(t.name, shape: t.shape, bits: bits, group: group)
+            }
+        }
+        return table.isEmpty ? nil : table
     }
 
     /// Writes the checkpoint to `out` (a temporary sibling renamed when complete).
@@ -55,13 +83,12 @@ public enum CompressedCheckpoint {
         progress: (String) -> Void = { _ in }
     ) throws(SheafError) -> CompressedManifest {
         let manifest = try manifest(r, source: source, provenance: provenance)
-        let replacedWeights = Set(r.output.modules.keys.map { $0 + ".weight" })
-        let written = Set(r.output.tensors.map(\.name))
         var sheafSection: [String: Any] = [
             "method": manifest.method.name, "achieved_ratio": manifest.achievedRatio, "manifest": CompressedManifest.fileName,
-            "dtype": r.dtype.storageName,
+            "dtype": r.dtype.name, "embedding_dtype": r.embeddingStorage.name,
         ]
         if let ratio = manifest.requestedRatio { sheafSection["requested_ratio"] = ratio }
+        let copied = try untouched(r, source: source)
         try HFExport.writeFolder(
             to: out, replace: replace, inputs: [source.path], config: source.config,
             configJSON: try source.config.configJSON(extra: ["sheaf": sheafSection]), tokenizer: try source.tokenizerIfPresent(),
@@ -69,15 +96,20 @@ public enum CompressedCheckpoint {
         ) { () throws(SheafError) in
             // Deferred: each source tensor is read only when the writer reaches it.
             var tensors: [TensorToWrite] = []
-            for name in source.tensorNames where !replacedWeights.contains(name) && !written.contains(name) {
-                // Matrices (the embedding, an untied head, modules left dense) in the checkpoint's
-                // storage; vectors (norms, biases: a few KB) stay F32.
-                let shape = try source.info(name).shape
-                tensors.append(try TensorToWrite(name: name, shape: shape, as: shape.count >= 2 ? r.dtype : .F32) { () throws(SheafError) in
-                    try source.finiteFloat32(name, op: "compress")
-                })
+            for t in copied {
+                let name = t.name
+                let read = { @Sendable () throws(SheafError) -> [Float] in try source.finiteFloat32(name, op: "compress") }
+                switch t.storage {
+                case .float(let dtype): tensors.append(try TensorToWrite(name: name, shape: t.shape, as: dtype, values: read))
+                case .quantized(let bits, let group):
+                    tensors += CompressedManifest.QuantizedTensor.deferredParts(name, shape: t.shape, bits: bits, group: group, values: read).parts
+                }
             }
             for t in r.output.tensors {
+                if let q = r.output.quantized[t.name] {
+                    tensors += q.parts
+                    continue
+                }
                 let m = t.value
                 tensors.append(try TensorToWrite(name: t.name, shape: [m.rows, m.cols], as: r.output.storedTypes[t.name] ?? .F32) { m.values })
             }

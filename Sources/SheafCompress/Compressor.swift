@@ -15,9 +15,11 @@ public struct CompressionResult: Sendable {
     public var sourceChecksum: String?
     /// Seconds per phase: "calibration", "method" (the method's per-layer steps and its finish).
     public var seconds: [String: Double]
-    /// Float storage of the checkpoint (F32, F16 or BF16): the method's float tensors are
-    /// already rounded to it; the untouched tensors of the source are written in it too.
-    public var dtype: SafetensorsDType = .F32
+    /// Storage of the checkpoint's matrices (f32, f16, bf16, q8, q4): the method's float tensors
+    /// already hold the values it keeps; the untouched matrices of the source are written in it too.
+    public var dtype: TensorStorage = .float(.F32)
+    /// Storage of the token embedding (and an untied head); `dtype` unless chosen apart.
+    public var embeddingStorage: TensorStorage = .float(.F32)
 
     /// A tensor of the output by name.
     public func tensor(_ name: String) -> Matrix<Float>? { output.tensors.first { $0.name == name }?.value }
@@ -25,11 +27,12 @@ public struct CompressionResult: Sendable {
 
 /// The shared driver: calibrates (or reads the cached Grams) layer by layer when the method
 /// asks for statistics, hands each layer to the method as soon as it is complete, and finishes.
-/// `dtype` is the float storage of the checkpoint: the method's output is rounded to it.
+/// `dtype` is the storage of the checkpoint's matrices (the method's output is rounded or
+/// quantised to it); `embedding` that of the embedding and an untied head (nil: `dtype`).
 public enum Compressor {
     public static func compress(
         files: ModelFiles, backend: any Backend, windows: [[Int32]], method: any CompressionMethod, cache: GramCache? = nil,
-        dtype: SafetensorsDType = .F32, progress: @escaping (String) -> Void = { _ in }
+        dtype: TensorStorage = .float(.F32), embedding: TensorStorage? = nil, progress: @escaping (String) -> Void = { _ in }
     ) throws(SheafError) -> CompressionResult {
         let c = files.config
         guard files.manifest == nil else {
@@ -68,7 +71,7 @@ public enum Compressor {
         return CompressionResult(
             method: method.name, requestedRatio: method.requestedRatio, options: method.recordedOptions, output: output,
             gramsFromCache: fromCache, sourceChecksum: checksum,
-            seconds: ["calibration": calibrationSeconds, "method": methodSeconds], dtype: dtype)
+            seconds: ["calibration": calibrationSeconds, "method": methodSeconds], dtype: dtype, embeddingStorage: embedding ?? dtype)
     }
 
     /// Each layer's input Grams, from the cache when it holds a complete entry, else by running

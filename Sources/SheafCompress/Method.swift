@@ -47,6 +47,9 @@ public struct MethodOutput: Sendable {
     public var report: MethodReport
     /// Files written into the checkpoint folder beside the model (a method's pictures), by name.
     public var files: [String: Data]
+    /// Tensors stored quantised (`stored(as:)` a quantised storage), by name: the table entry and
+    /// the parts to write in its place. `tensors` then hold the values their codes stand for.
+    public var quantized: [String: (entry: CompressedManifest.QuantizedTensor, parts: [TensorToWrite])] = [:]
 
     public init(
         modules: [String: CompressedManifest.Module], tensors: [(name: String, value: Matrix<Float>)],
@@ -57,22 +60,31 @@ public struct MethodOutput: Sendable {
 }
 
 extension MethodOutput {
-    /// The output as a checkpoint with float storage `dtype` (F32, F16 or BF16) holds it: each
-    /// tensor the method left to the default F32 rounded to `dtype` in place, so that whatever
-    /// reads this output afterwards (the checkpoint, its parameter counts, a test) sees the
-    /// values the file holds; tensors with a stored type of their own (codes, labels, a
-    /// method's F16 centroids) stay as they are. A finite value that `dtype` cannot hold is
-    /// refused by tensor name before anything is written.
-    public func stored(as dtype: SafetensorsDType) throws(SheafError) -> MethodOutput {
-        guard [.F32, .F16, .BF16].contains(dtype) else {
-            throw .invalidArgument(op: "compress", detail: "float tensors cannot be stored as \(dtype.rawValue) (f32, f16 or bf16)")
-        }
-        guard dtype != .F32 else { return self }
+    /// The output as a checkpoint with storage `storage` holds it: each tensor the method left to
+    /// the default F32 rounded to F16/BF16, or quantised (its values replaced by those its codes
+    /// stand for, its parts kept for the writer), so that whatever reads this output afterwards
+    /// (the checkpoint, its parameter counts, a test) sees the values the file holds; tensors with
+    /// a stored type of their own (codes, labels, a method's F16 centroids) stay as they are. A
+    /// finite value that an F16 cannot hold is refused by tensor name before anything is written.
+    public func stored(as storage: TensorStorage) throws(SheafError) -> MethodOutput {
         var out = self
-        for (k, t) in tensors.enumerated() where storedTypes[t.name] == nil {
-            let bits = try dtype.halfBits(t.value.values, tensor: t.name)
-            out.tensors[k].value.values = dtype == .F16 ? bits.map { HalfFloat.f16ToFloat($0) } : bits.map { HalfFloat.bf16ToFloat($0) }
-            out.storedTypes[t.name] = dtype
+        switch storage {
+        case .float(let dtype):
+            guard [.F32, .F16, .BF16].contains(dtype) else {
+                throw .invalidArgument(op: "compress", detail: "float tensors cannot be stored as \(dtype.rawValue) (f32, f16 or bf16)")
+            }
+            guard dtype != .F32 else { return self }
+            for (k, t) in tensors.enumerated() where storedTypes[t.name] == nil {
+                let bits = try dtype.halfBits(t.value.values, tensor: t.name)
+                out.tensors[k].value.values = dtype == .F16 ? bits.map { HalfFloat.f16ToFloat($0) } : bits.map { HalfFloat.bf16ToFloat($0) }
+                out.storedTypes[t.name] = dtype
+            }
+        case .quantized(let bits, let group):
+            for (k, t) in tensors.enumerated() where storedTypes[t.name] == nil {
+                let (entry, parts, back) = try CompressedManifest.QuantizedTensor.encode(t.name, t.value, bits: bits, group: group)
+                out.tensors[k].value.values = back
+                out.quantized[t.name] = (entry, parts)
+            }
         }
         return out
     }

@@ -102,18 +102,22 @@ public struct CompressedManifest: Codable, Sendable, Equatable {
     /// Module path ("model.layers.3.self_attn.q_proj") → how it is stored.
     public var modules: [String: Module]
     public var method: Method
-    /// The float storage `compress --dtype` chose ("f32", "f16", "bf16"): the method's float
+    /// The storage `compress --dtype` chose ("f32", "f16", "bf16", "q8", "q4"): the method's float
     /// tensors and the source's untouched matrices; vectors stay F32, codes and labels keep their
     /// own types. nil in checkpoints written before it was recorded (all F32 then).
     public var dtype: String?
     /// Tensor name → how it is stored quantised; nil or empty when nothing is (formats 1 and 2).
     public var quantizedTensors: [String: QuantizedTensor]?
+    /// The storage `compress --embedding-dtype` chose for the embedding (and an untied head);
+    /// nil in checkpoints written before it was recorded (then as `dtype`).
+    public var embeddingDtype: String?
 
     public init(
         sheafVersion: String, requestedRatio: Double?, achievedRatio: Double, denseLinearParameters: Int, storedLinearParameters: Int,
         calibration: Calibration?, source: String, sourceChecksum: String, modules: [String: Module], method: Method,
-        dtype: String? = nil, quantizedTensors: [String: QuantizedTensor]? = nil
+        dtype: String? = nil, quantizedTensors: [String: QuantizedTensor]? = nil, embeddingDtype: String? = nil
     ) {
+        self.embeddingDtype = embeddingDtype
         self.dtype = dtype
         self.quantizedTensors = quantizedTensors
         self.sheafVersion = sheafVersion

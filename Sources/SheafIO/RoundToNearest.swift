@@ -1,3 +1,4 @@
+import Foundation
 import SheafCore
 
 /// Round-to-nearest quantisation of a weight matrix W (dOut, dIn), asymmetric per group: each
@@ -102,5 +103,58 @@ extension CompressedManifest.QuantizedTensor {
         let back = RoundToNearest.dequantize(
             codes: q.codes.values, minima: q.minima.values, steps: q.steps.values, dOut: values.rows, dIn: values.cols, bits: bits, group: group)
         return (entry, written, back)
+    }
+}
+
+extension CompressedManifest.QuantizedTensor {
+    /// The table entry tensor `name` of `shape` (rows, cols) gets when quantised with `bits` in
+    /// groups of `group` (`encode`'s), known before any value is read.
+    public static func entry(_ name: String, shape: [Int], bits: Int, group: Int) -> Self {
+        let names = parts(of: name)
+        return Self(shape: shape, bits: bits, group: min(group, shape[1]), codes: names.codes, minima: names.minima, steps: names.steps)
+    }
+
+    /// Tensor `name` of `shape`, its values read by `values()` only when the writer reaches its
+    /// first part, quantised once for its three parts (held until the last is written: the
+    /// parts' names sort together, so the writer takes them one after another).
+    public static func deferredParts(
+        _ name: String, shape: [Int], bits: Int, group: Int, values: @escaping @Sendable () throws(SheafError) -> [Float]
+    ) -> (entry: Self, parts: [TensorToWrite]) {
+        let entry = entry(name, shape: shape, bits: bits, group: group)
+        let (rows, cols) = (shape[0], shape[1])
+        let groups = RoundToNearest.groups(dIn: cols, group: entry.group)
+        let once = EncodedOnce {
+            () throws(SheafError) in
+            try encode(name, try Matrix(rows: rows, cols: cols, values: try values()), bits: bits, group: group).parts
+        }
+        let layout: [(String, [Int], SafetensorsDType)] = [
+            (entry.codes, [rows, RoundToNearest.bytesPerRow(dIn: cols, bits: bits)], .U8), (entry.minima, [rows, groups], .F16),
+            (entry.steps, [rows, groups], .F16),
+        ]
+        let parts = layout.enumerated().map { (i, part) in
+            TensorToWrite(name: part.0, shape: part.1, dtype: part.2) { () throws(SheafError) in try once.part(i) }
+        }
+        return (entry, parts)
+    }
+}
+
+/// One quantisation shared by the three parts of a tensor being written, dropped once each part
+/// has taken its bytes.
+private final class EncodedOnce: @unchecked Sendable {
+    private let make: @Sendable () throws(SheafError) -> [TensorToWrite]
+    private var parts: [TensorToWrite]?
+    private var taken = 0
+    private let lock = NSLock()
+
+    init(_ make: @escaping @Sendable () throws(SheafError) -> [TensorToWrite]) { self.make = make }
+
+    func part(_ i: Int) throws(SheafError) -> [UInt8] {
+        lock.lock()
+        defer { lock.unlock() }
+        let made: [TensorToWrite]
+        if let parts { made = parts } else { made = try make() }
+        taken += 1
+        parts = taken < made.count ? made : nil
+        return try made[i].storedBytes()
     }
 }

@@ -37,6 +37,16 @@ public struct TensorToWrite: Sendable {
         content = .deferred { () throws(SheafError) in try Self.encode(try values(), as: dtype, name: name, shape: shape) }
     }
 
+    /// Stored bytes from `bytes()`, called once when the writer reaches this tensor; their count
+    /// must match shape × dtype size.
+    public init(name: String, shape: [Int], dtype: SafetensorsDType, deferredBytes bytes: @escaping @Sendable () throws(SheafError) -> [UInt8]) {
+        self.name = name
+        self.shape = shape
+        self.dtype = dtype
+        byteCount = shape.reduce(1, *) * dtype.byteSize
+        content = .deferred(bytes)
+    }
+
     /// Stored bytes as they are; their count must match shape × dtype size.
     public init(name: String, shape: [Int], dtype: SafetensorsDType, bytes: [UInt8]) throws(SheafError) {
         guard shape.reduce(1, *) * dtype.byteSize == bytes.count else {

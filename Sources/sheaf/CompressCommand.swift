@@ -32,8 +32,8 @@ let methodOptionsHelp: String = {
 let compressHelp = """
     USAGE: sheaf compress MODEL --out DIR [--method NAME] [METHOD OPTIONS]
                           [--calib FILE]... [--protocol S|W|P] [--calib-windows N --calib-len L]
-                          [--dtype f16|bf16|f32] [--backend auto|cpu|opencl] [--no-cache] [--eval]
-                          [--json] [--force]
+                          [--dtype f16|bf16|f32|q8|q4] [--quant-group N] [--embedding-dtype T|auto]
+                          [--backend auto|cpu|opencl] [--no-cache] [--eval] [--json] [--force]
 
     Compresses the decoder's linear layers (q, k, v, o, gate, up, down) of MODEL (a HuggingFace
     folder or a GGUF file) and writes a Sheaf checkpoint to DIR that 'sheaf eval', 'sheaf
@@ -49,12 +49,22 @@ let compressHelp = """
                        text; W: the same on wikitext-2-raw/wiki.test.tail.raw, in-domain text the
                        evaluation never reads; P: 256 of 2048); --calib-windows, --calib-len and
                        --calib override it.
-      --dtype T        float storage of the checkpoint: f16 (default), bf16 or f32. The method's
-                       factors and the source's untouched matrices (the embedding) are stored
-                       as T, rounded to nearest even; norms stay f32; quantisation codes, labels
-                       and a method's own F16 tensors keep their types. f16 halves the file at
-                       +0.1% perplexity (BENCHMARKS.md); a value beyond f16's ±65504 is
-                       refused by tensor name (use bf16 or f32 then).
+      --dtype T        storage of the checkpoint's matrices: f16 (default), bf16, f32, q8 or q4.
+                       The method's factors, shared bases and coefficients and the source's
+                       untouched matrices (modules left dense) are stored as T: a float type
+                       rounded to nearest even, or, q8/q4, 8-/4-bit round-to-nearest codes with
+                       an f16 minimum and step per group of --quant-group values of a row (the
+                       RTN codec; a row that is not a multiple ends in a shorter group). Norms
+                       stay f32; codes, labels and a method's own f16 tensors keep their types.
+                       Every tensor stays in its stored form in memory. f16 halves the file at
+                       +0.1% perplexity (BENCHMARKS.md); a value beyond f16's ±65504 is refused
+                       by tensor name (use bf16 or f32 then).
+      --quant-group N  values per group for q8/q4 (default 64).
+      --embedding-dtype T
+                       storage of the token embedding (and an untied head): auto (default), f32,
+                       f16, bf16, q8 or q4. auto keeps the source embedding's precision class
+                       (q8 for a Q8_0 GGUF embedding, f16 for an F16 one), no wider than --dtype
+                       (than f16 when --dtype is q8/q4), and f32 when --dtype is f32.
       --no-cache       do not read or write the calibration Gram cache ($SHEAF_CACHE/grams, else
                        ~/.cache/sheaf/grams), keyed by the model's checksum and the calibration windows.
       --eval           evaluate the result under Protocol S (WikiText-2 test, 32 × 2048 tokens).
@@ -93,18 +103,36 @@ func extractRepeated(_ name: String, from args: [String]) throws(UsageError) -> 
 
 enum CompressCommand {
     /// The common options and flags of `compress`, whatever the method.
-    static let commonOptions: Set<String> = ["out", "method", "protocol", "calib-windows", "calib-len", "backend", "dtype"]
+    static let commonOptions = Set(["out", "method", "protocol", "calib-windows", "calib-len", "backend"] + storageOptions)
     /// `--dtype`'s default: half the bytes of f32 for +0.1% perplexity (BENCHMARKS.md, Savings I).
-    static let defaultDType = SafetensorsDType.F16
+    static let defaultDType = TensorStorage.float(.F16)
+    /// `--quant-group`'s default: 64 values share a minimum and step (0.5 bits a value of overhead).
+    static let defaultQuantGroup = 64
 
-    /// The float storage named by `--dtype` (default f16).
-    static func dtype(_ value: String?) throws(UsageError) -> SafetensorsDType {
-        guard let value else { return defaultDType }
-        guard let dtype = SafetensorsDType(floatStorage: value) else {
-            throw UsageError(description: "--dtype must be f32, f16 or bf16, got '\(value)'")
+    /// The storage named by `--dtype` (default f16) and `--quant-group` (default 64), and the
+    /// embedding's by `--embedding-dtype` (default auto: `TensorStorage.automaticEmbedding` of
+    /// `embeddingType`, the source embedding's stored type).
+    static func storage(_ a: Arguments, embeddingType: String) throws(UsageError) -> (dtype: TensorStorage, embedding: TensorStorage) {
+        let group = try a.int("quant-group") ?? defaultQuantGroup
+        guard group >= 1 else { throw UsageError(description: "--quant-group must be a positive number of values, got \(group)") }
+        let names = TensorStorage.names.joined(separator: ", ")
+        var dtype = defaultDType
+        if let value = a.value("dtype") {
+            guard let parsed = TensorStorage(name: value, group: group) else {
+                throw UsageError(description: "--dtype must be one of \(names), got '\(value)'")
+            }
+            dtype = parsed
         }
-        return dtype
+        let embeddingName = a.value("embedding-dtype") ?? "auto"
+        if embeddingName == "auto" { return (dtype, .automaticEmbedding(sourceType: embeddingType, dtype: dtype, group: group)) }
+        guard let embedding = TensorStorage(name: embeddingName, group: group) else {
+            throw UsageError(description: "--embedding-dtype must be auto or one of \(names), got '\(embeddingName)'")
+        }
+        return (dtype, embedding)
     }
+
+    /// The options `storage` reads.
+    static let storageOptions = ["dtype", "quant-group", "embedding-dtype"]
     static let commonFlags: Set<String> = ["eval", "json", "force", "no-cache", "help"]
 
     /// The method named by `--method` (default basis-sharing), before the rest is parsed: its
@@ -176,11 +204,11 @@ enum CompressCommand {
         }
         let (defaultCount, defaultLength) = CalibrationWindows.size(for: proto)
         let count = try a.int("calib-windows") ?? defaultCount, length = try a.int("calib-len") ?? defaultLength
-        let dtype = try dtype(a.value("dtype"))
         let t0 = monotonicSeconds()
 
         // Everything that can be refused is checked before the long work starts.
         let files = try ModelFiles.open(a.positionals[0])
+        let (dtype, embeddingStorage) = try storage(a, embeddingType: try files.info("model.embed_tokens.weight").type)
         let method = try makeMethod(entry, methodArguments, config: files.config)
         try OutputFolder.check(out, inputs: [files.path], replace: a.flag("force"))
         guard length <= files.config.maxPositions else {
@@ -200,12 +228,13 @@ enum CompressCommand {
         let given = methodArguments.values.sorted { $0.key < $1.key }.map { "--\($0.key) \($0.value.joined(separator: ","))" }
             + methodArguments.flags.sorted().map { "--\($0)" }
         note("compress: \(method.name)\(given.isEmpty ? "" : " " + given.joined(separator: " ")), "
-            + "\(count) calibration windows of \(length) tokens on \(backend.kind.rawValue) (\(backend.deviceName)), stored as \(dtype.storageName)")
+            + "\(count) calibration windows of \(length) tokens on \(backend.kind.rawValue) (\(backend.deviceName)), stored as \(dtype), "
+            + "the embedding as \(embeddingStorage)")
         let loadSeconds = monotonicSeconds() - t0
 
         let result = try Compressor.compress(
             files: files, backend: backend, windows: windows, method: method, cache: cache, dtype: dtype,
-            progress: { note("compress: " + $0) })
+            embedding: embeddingStorage, progress: { note("compress: " + $0) })
         let w0 = monotonicSeconds()
         let provenance = try provenance(
             protocolName: a.value("calib-windows") == nil && a.value("calib-len") == nil && calib.isEmpty ? protocolName : nil,
@@ -234,7 +263,8 @@ enum CompressCommand {
             manifest: manifest, table: result.output.report, seconds: seconds, gramsFromCache: result.gramsFromCache,
             calibrationTokensPerSecond: result.gramsFromCache || method.statistics == .none
                 ? nil : Double(count * length) / (result.seconds["calibration"] ?? 1),
-            peakResidentBytes: peakResidentBytes(), evaluation: evaluation, dtype: dtype.storageName, bytes: try ModelFiles.open(out).storedBytes())
+            peakResidentBytes: peakResidentBytes(), evaluation: evaluation, dtype: dtype.name,
+            embeddingDtype: embeddingStorage.name, bytes: try ModelFiles.open(out).storedBytes())
         if a.flag("json") { try printJSON(report) } else { report.print() }
         return 0
     }
@@ -268,12 +298,14 @@ enum CompressCommand {
         var calibrationTokensPerSecond: Double?
         var peakResidentBytes: Int?
         var evaluation: PerplexityResult?
-        /// The float storage (`--dtype`) and the checkpoint folder's bytes by role.
+        /// The storage of the matrices (`--dtype`) and of the embedding, and the checkpoint
+        /// folder's bytes by role.
         var dtype: String
+        var embeddingDtype: String
         var bytes: StoredBytes
 
         enum CodingKeys: String, CodingKey {
-            case manifest, seconds, gramsFromCache, calibrationTokensPerSecond, peakResidentBytes, evaluation, dtype, bytes
+            case manifest, seconds, gramsFromCache, calibrationTokensPerSecond, peakResidentBytes, evaluation, dtype, embeddingDtype, bytes
         }
 
         func print() {
@@ -284,7 +316,7 @@ enum CompressCommand {
             Swift.print("linear parameters: \(m.denseLinearParameters) -> \(m.storedLinearParameters); ratio "
                 + (m.requestedRatio.map { "requested \($0), " } ?? "") + "achieved \(String(format: "%.4f", m.achievedRatio))"
                 + (table.notes.isEmpty ? "" : "; " + table.notes.joined(separator: ", ")))
-            Swift.print("checkpoint: \(bytes.summary) on disk, float tensors stored as \(dtype)")
+            Swift.print("checkpoint: \(bytes.summary) on disk, matrices stored as \(dtype), the embedding as \(embeddingDtype)")
             let phases = ["load", "calibration", "method", "write", "evaluation", "total"]
             let times: [String] = phases.compactMap { p in seconds[p].map { "\(p) \(fixed($0)) s" } }
             var source = ""

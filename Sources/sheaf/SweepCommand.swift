@@ -9,7 +9,7 @@ import SheafModel
 let sweepHelp = """
     USAGE: sheaf sweep MODEL --methods LIST --budgets LIST --out DIR [--allocate LIST]
                        [--protocol S|W] [--reference FILE] [--eval-windows N] [--keep]
-                       [--calib-windows N --calib-len L] [--no-cache] [--dtype f16|bf16|f32]
+                       [--calib-windows N --calib-len L] [--no-cache] [--dtype T] [--quant-group N] [--embedding-dtype T]
                        [--backend auto|cpu|opencl] [METHOD OPTIONS]
 
     Compresses MODEL with every method of --methods (those that aim at a parameter budget:
@@ -31,9 +31,10 @@ let sweepHelp = """
     it stopped: points already in DIR/results.json are not run again. Options of the methods
     (e.g. --group-size 1,2, --unit query-head) go to every method that takes them and are part of
     each point's key and label: sweeps with other options may write into the same DIR (same model,
-    protocol and evaluation), and its frontier shows them all. --dtype is each checkpoint's float
-    storage, as in compress (default f16; part of a point's key and label unless f32, the
-    storage of sweeps before it). --keep keeps each point's checkpoint in DIR/points/.
+    protocol and evaluation), and its frontier shows them all. --dtype, --quant-group and
+    --embedding-dtype are each checkpoint's storage, as in compress (default f16 with the
+    embedding auto; part of a point's key and label unless f32, the storage of sweeps before it;
+    the embedding's when it differs). --keep keeps each point's checkpoint in DIR/points/.
     """
 
 enum SweepCommand {
@@ -110,7 +111,7 @@ enum SweepCommand {
             rest = remaining
         }
         let a = try Arguments(
-            rest, options: ["methods", "budgets", "allocate", "protocol", "reference", "eval-windows", "calib-windows", "calib-len", "out", "backend", "dtype"],
+            rest, options: Set(["methods", "budgets", "allocate", "protocol", "reference", "eval-windows", "calib-windows", "calib-len", "out", "backend"]).union(CompressCommand.storageOptions),
             flags: ["keep", "no-cache", "help"])
         guard a.positionals.count == 1 else { throw UsageError(description: "sweep takes one MODEL (a folder or a .gguf file)") }
         guard let out = a.value("out") else { throw UsageError(description: "sweep needs --out DIR") }
@@ -129,10 +130,14 @@ enum SweepCommand {
         let evalWindows = try a.int("eval-windows") ?? EvalProtocol.S.windows!
         guard evalWindows >= 1 else { throw UsageError(description: "--eval-windows must be at least 1") }
         let references = try a.value("reference").map(readReference) ?? []
-        let dtype = try CompressCommand.dtype(a.value("dtype"))
 
         // Every point is made (and so validated) before any work.
         let files = try ModelFiles.open(a.positionals[0])
+        let (dtype, embeddingStorage) = try CompressCommand.storage(a, embeddingType: try files.info("model.embed_tokens.weight").type)
+        // The storage in a point's key: none for f32 (sweeps before it), the embedding's when it differs.
+        var storageKey: [String] = dtype == TensorStorage.float(.F32) ? [] : ["dtype=\(dtype.name)"]
+        if case .quantized(_, let group) = dtype, group != CompressCommand.defaultQuantGroup { storageKey.append("quant-group=\(group)") }
+        if embeddingStorage != dtype { storageKey.append("embedding=\(embeddingStorage.name)") }
         var plan: [(key: String, method: String, allocation: String, options: String, budget: Double, make: () throws -> any CompressionMethod)] = []
         for name in methodNames {
             guard let entry = registry.entry(name) else {
@@ -144,7 +149,7 @@ enum SweepCommand {
             let own = Set(entry.options.map(\.name))
             var base = MethodArguments()
             for (k, v) in shared.values where own.contains(k) { base.values[k] = v }
-            let variant = (base.values.keys.sorted().map { "\($0)=\(base.values[$0]!.last!)" } + (dtype == .F32 ? [] : ["dtype=\(dtype.storageName)"]))
+            let variant = (base.values.keys.sorted().map { "\($0)=\(base.values[$0]!.last!)" } + storageKey)
                 .joined(separator: " ")
             let takesAllocation = own.contains("allocate")
             for allocation in takesAllocation ? allocations : ["uniform"] {
@@ -217,7 +222,7 @@ enum SweepCommand {
             note("sweep: point \(i + 1)/\(todo.count): \(p.method) \(p.allocation)\(p.options.isEmpty ? "" : " " + p.options) budget \(p.budget)\(eta)")
             let c0 = monotonicSeconds()
             let result = try Compressor.compress(
-                files: files, backend: backend, windows: windows, method: try p.make(), cache: cache, dtype: dtype,
+                files: files, backend: backend, windows: windows, method: try p.make(), cache: cache, dtype: dtype, embedding: embeddingStorage,
                 progress: { note("sweep: \(p.key): " + $0) })
             // A folder name: the key with every character but letters, digits and ".,=-" as "_".
             let tag = String(p.key.replacingOccurrences(of: "/", with: "-").map { $0.isLetter || $0.isNumber || ".,=-".contains($0) ? $0 : "_" })

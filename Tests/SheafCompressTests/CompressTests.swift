@@ -353,7 +353,9 @@ extension BackendSuites {
                 (["--group-size", "5"], 1, "--group-size must be between 1 and the model's 2 layers"),
                 (["--method", "magic"], 2, "--method must be one of basis-sharing, svd-llm, svd"),
                 (["--rank", "q=0"], 1, "--rank q_proj=0 is outside"),
-                (["--dtype", "f8"], 2, "--dtype must be f32, f16 or bf16, got 'f8'"),
+                (["--dtype", "f8"], 2, "--dtype must be one of f32, f16, bf16, q8, q4, got 'f8'"),
+                (["--dtype", "q8", "--quant-group", "0"], 2, "--quant-group must be a positive number of values, got 0"),
+                (["--embedding-dtype", "q2"], 2, "--embedding-dtype must be auto or one of f32, f16, bf16, q8, q4, got 'q2'"),
             ]
             for (extra, status, message) in cases {
                 let r = try cli.sheaf(["compress", model, "--out", out, "--calib", short, "--no-cache"] + extra)

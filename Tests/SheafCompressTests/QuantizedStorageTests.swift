@@ -139,3 +139,61 @@ extension BackendSuites {
         }
     }
 }
+
+/// `compress --dtype q8|q4` (Savings I, step 4, the writer): every matrix the checkpoint stores
+/// is the codec's quantisation of its F32 twin, bit for bit, and parameters still count parameters.
+extension BackendSuites {
+    @Suite struct QuantizedWriter {
+        /// The method's factors and the untouched embedding and head (quantised apart, with their
+        /// own bits): each tensor's codes, minima and steps equal `encode` of its twin in the F32
+        /// checkpoint made from the same inputs; norms stay F32. The model runs close to the F32 one.
+        @Test func storedCodesAreTheQuantisationOfTheirF32Twins() throws {
+            let dir = try TinyModel.write(seed: 53)
+            let source = try ModelFiles.open(dir)
+            let f32 = try StorageDType.checkpoint(source, .F32, tag: "writer-f32")
+            let q8 = try StorageDType.checkpoint(
+                source, storage: .quantized(bits: 8, group: 16), embedding: .quantized(bits: 4, group: 32), tag: "writer-q8")
+            defer { for d in [dir, f32, q8] { try? FileManager.default.removeItem(atPath: d) } }
+            let twin = try SafetensorsFile(path: f32 + "/model.safetensors"), file = try SafetensorsFile(path: q8 + "/model.safetensors")
+            let manifest = try CompressedManifest.load(q8 + "/sheaf.json"), f32Manifest = try CompressedManifest.load(f32 + "/sheaf.json")
+            let table = manifest.quantizedTensors ?? [:]
+            #expect(manifest.dtype == "q8" && manifest.embeddingDtype == "q4" && manifest.formatVersion == 3)
+            #expect(manifest.storedLinearParameters == f32Manifest.storedLinearParameters, "parameters, not code bytes")
+            var compared = 0
+            for name in twin.tensorNames {
+                let shape = try twin.info(name).shape
+                guard shape.count == 2 else {
+                    #expect(try file.dtype(name) == .F32 && file.rawBytes(name) == twin.rawBytes(name), "\(name)")
+                    continue
+                }
+                let embedding = TensorRole.of(name) == .embedding
+                let (bits, group) = embedding ? (4, 32) : (8, 16)
+                let (entry, parts, _) = try CompressedManifest.QuantizedTensor.encode(
+                    name, try Matrix(rows: shape[0], cols: shape[1], values: try twin.float32(name)), bits: bits, group: group)
+                #expect(table[name] == entry, "\(name): \(String(describing: table[name]))")
+                for part in parts {
+                    #expect(try file.dtype(part.name) == part.dtype && file.rawBytes(part.name) == part.storedBytes(), "\(part.name)")
+                }
+                compared += 1
+            }
+            #expect(compared == table.count && compared >= 20, "\(compared) of \(table.count)")
+            let got = try LlamaModel(files: try ModelFiles.open(q8), backend: Backends.cpu).logits(CompressFixture.evalTokens).values
+            let want = try LlamaModel(files: try ModelFiles.open(f32), backend: Backends.cpu).logits(CompressFixture.evalTokens).values
+            // Uniform noise of a 4-bit code is (range/15)²/12 against a random weight's range²/12:
+            // ~1/225 relative in the embedding and again in the untied head (8-bit factors add
+            // 1/65025); measured 0.012. A wrong expansion gives an NMSE near 1.
+            let error = CompressFixture.nmse(got, want)
+            #expect(error < 0.03, "NMSE \(error)")
+        }
+
+        /// The embedding's default follows the source's precision class, capped by --dtype.
+        @Test func automaticEmbeddingStorage() {
+            let auto = { (source: String, dtype: TensorStorage) in TensorStorage.automaticEmbedding(sourceType: source, dtype: dtype, group: 64) }
+            let q8 = TensorStorage.quantized(bits: 8, group: 64), q4 = TensorStorage.quantized(bits: 4, group: 64)
+            #expect(auto("Q8_0", .float(.F16)) == q8 && auto("Q8_0", q4) == q8 && auto("Q8_0", .float(.F32)) == .float(.F32))
+            #expect(auto("Q4_K", .float(.BF16)) == q4 && auto("Q6_K", .float(.F16)) == q8)
+            #expect(auto("F32", .float(.F16)) == .float(.F16) && auto("F32", q8) == .float(.F16))
+            #expect(auto("BF16", .float(.F16)) == .float(.BF16) && auto("F16", .float(.BF16)) == .float(.F16))
+        }
+    }
+}

@@ -12,9 +12,14 @@ extension BackendSuites {
     @Suite struct StorageDType {
         /// Compresses the tiny model (Basis Sharing at 0.5) with float storage `dtype` and writes it.
         static func checkpoint(_ source: ModelFiles, _ dtype: SafetensorsDType, tag: String) throws -> String {
+            try checkpoint(source, storage: .float(dtype), tag: tag)
+        }
+
+        /// The same with any storage, the embedding's apart (nil: the same).
+        static func checkpoint(_ source: ModelFiles, storage: TensorStorage, embedding: TensorStorage? = nil, tag: String) throws -> String {
             let method = try WhitenedSVDMethod(options: CompressFixture.options(.basisSharing, ratio: 0.5), config: source.config)
             let r = try Compressor.compress(
-                files: source, backend: Backends.cpu, windows: CompressFixture.windows, method: method, dtype: dtype)
+                files: source, backend: Backends.cpu, windows: CompressFixture.windows, method: method, dtype: storage, embedding: embedding)
             let out = FileManager.default.temporaryDirectory.appendingPathComponent("sheaf-dtype-\(getpid())-\(tag)").path
             _ = try CompressedCheckpoint.write(
                 r, source: source, provenance: .init(sheafVersion: "test", calibration: nil, sourceChecksum: "test"), to: out, replace: true)
@@ -68,9 +73,9 @@ extension BackendSuites {
             let out = MethodOutput(
                 modules: [:], tensors: [("a", try Matrix(rows: 1, cols: 2, values: [1, 2])), ("big", try Matrix(rows: 1, cols: 3, values: [1, -7e4, 2]))],
                 report: MethodReport(columns: [], rows: [], json: .null))
-            #expect { try out.stored(as: .F16) } throws: { "\($0)".contains("tensor 'big'") && "\($0)".contains("65504") }
-            #expect(try out.stored(as: .BF16).tensors[1].value.values == [1, -70144, 2])  // -7e4 to 8 significant bits
-            #expect(try out.stored(as: .F32).tensors[1].value.values == [1, -7e4, 2])
+            #expect { try out.stored(as: .float(.F16)) } throws: { "\($0)".contains("tensor 'big'") && "\($0)".contains("65504") }
+            #expect(try out.stored(as: .float(.BF16)).tensors[1].value.values == [1, -70144, 2])  // -7e4 to 8 significant bits
+            #expect(try out.stored(as: .float(.F32)).tensors[1].value.values == [1, -7e4, 2])
 
             // An embedding with 1e5 in it: compress works (the method never stores it), the write refuses.
             let dir = try TinyModel.write(seed: 33)
