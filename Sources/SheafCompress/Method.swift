@@ -64,7 +64,8 @@ extension MethodOutput {
     /// the default F32 rounded to F16/BF16, or quantised (its values replaced by those its codes
     /// stand for, its parts kept for the writer), so that whatever reads this output afterwards
     /// (the checkpoint, its parameter counts, a test) sees the values the file holds; tensors with
-    /// a stored type of their own (codes, labels, a method's F16 centroids) stay as they are. A
+    /// a stored type of their own (codes, labels, a method's F16 centroids) or quantised by the
+    /// method itself (RTN's weights, at its own bits) stay as they are. A
     /// finite value that an F16 cannot hold is refused by tensor name before anything is written.
     public func stored(as storage: TensorStorage) throws(SheafError) -> MethodOutput {
         var out = self
@@ -74,13 +75,13 @@ extension MethodOutput {
                 throw .invalidArgument(op: "compress", detail: "float tensors cannot be stored as \(dtype.rawValue) (f32, f16 or bf16)")
             }
             guard dtype != .F32 else { return self }
-            for (k, t) in tensors.enumerated() where storedTypes[t.name] == nil {
+            for (k, t) in tensors.enumerated() where storedTypes[t.name] == nil && quantized[t.name] == nil {
                 let bits = try dtype.halfBits(t.value.values, tensor: t.name)
                 out.tensors[k].value.values = dtype == .F16 ? bits.map { HalfFloat.f16ToFloat($0) } : bits.map { HalfFloat.bf16ToFloat($0) }
                 out.storedTypes[t.name] = dtype
             }
         case .quantized(let bits, let group):
-            for (k, t) in tensors.enumerated() where storedTypes[t.name] == nil {
+            for (k, t) in tensors.enumerated() where storedTypes[t.name] == nil && quantized[t.name] == nil {
                 let (entry, parts, back) = try CompressedManifest.QuantizedTensor.encode(t.name, t.value, bits: bits, group: group)
                 out.tensors[k].value.values = back
                 out.quantized[t.name] = (entry, parts)

@@ -5,7 +5,9 @@ import SheafModel
 
 /// Round-to-nearest quantisation (`RoundToNearest`): the baseline SWSC is judged against at
 /// equal average bits, as its paper does. Asymmetric min/max per output channel, or per group of
-/// G inputs. Stores each module as "quantized" (U8 packed codes, F16 minima and steps).
+/// G inputs. Stores each module as a dense module whose weight is a quantised tensor (U8 packed
+/// codes, F16 minima and steps; `CompressedManifest.QuantizedTensor`), whatever `--dtype` says
+/// (its bits are the method's own). Checkpoints of format 2 used the "quantized" kind, still read.
 public final class RTNMethod: CompressionMethod {
     public struct Options: Sendable {
         public var bits = 4
@@ -35,7 +37,7 @@ public final class RTNMethod: CompressionMethod {
     public let options: Options
     private var modules: [String: CompressedManifest.Module] = [:]
     private var tensors: [(name: String, value: Matrix<Float>)] = []
-    private var storedTypes: [String: SafetensorsDType] = [:]
+    private var quantized: [String: (entry: CompressedManifest.QuantizedTensor, parts: [TensorToWrite])] = [:]
     private var errors: [(type: MatrixType, relative: Double, weighted: Double)] = []
     private let config: ModelConfig
 
@@ -69,13 +71,13 @@ public final class RTNMethod: CompressionMethod {
                 codes: q.codes.values, minima: q.minima.values, steps: q.steps.values, dOut: w.rows, dIn: w.cols, bits: options.bits, group: g)
             let (relative, weighted) = try MatrixSelection.errors(w, try Matrix(rows: w.rows, cols: w.cols, values: approx).asDouble, gram: grams?[t.input])
             errors.append((t, relative, weighted))
-            let module = t.module(layer: layer)
-            let names = ["codes": module + ".codes", "minima": module + ".minima", "steps": module + ".steps"]
-            tensors += [(names["codes"]!, q.codes), (names["minima"]!, q.minima), (names["steps"]!, q.steps)]
-            storedTypes[names["codes"]!] = .U8
-            storedTypes[names["minima"]!] = .F16
-            storedTypes[names["steps"]!] = .F16
-            modules[module] = .init(kind: QuantizedKind.kindName, tensors: names, attributes: ["bits": options.bits, "group": g])
+            // A dense module whose weight is stored quantised (the checkpoint's table of quantised
+            // tensors): it stays codes in memory, and counts as the parameters it is.
+            let module = t.module(layer: layer), name = module + ".weight"
+            let (entry, parts, _) = try CompressedManifest.QuantizedTensor.encode(name, w, bits: options.bits, group: g)
+            tensors.append((name, try Matrix(rows: w.rows, cols: w.cols, values: approx)))
+            quantized[name] = (entry, parts)
+            modules[module] = .init(kind: DenseKind.kindName, tensors: ["weight": name])
         }
     }
 
@@ -101,6 +103,8 @@ public final class RTNMethod: CompressionMethod {
             columns: ["type", "layers", "group", "bits", "‖W−Ŵ‖/‖W‖", "weighted error"], rows: rows,
             notes: ["average bits per compressed weight \(String(format: "%.3f", average)) (\(options.bits)-bit codes, 16-bit minimum and step per group)"],
             json: .object(["average_bits": .number(average), "types": .array(types)]))
-        return MethodOutput(modules: modules, tensors: tensors, storedTypes: storedTypes, report: report)
+        var output = MethodOutput(modules: modules, tensors: tensors, report: report)
+        output.quantized = quantized
+        return output
     }
 }

@@ -150,7 +150,8 @@ public final class StoredLayerContext: @unchecked Sendable {
 
 /// W stored as is: {"weight": name} (dense modules a method lists explicitly).
 public struct DenseKind: StoredLayerKind {
-    public let name = "dense"
+    public static let kindName = "dense"
+    public let name = DenseKind.kindName
     public let roles = ["weight"]
     public init() {}
 
@@ -298,8 +299,9 @@ public struct ClusteredKind: StoredLayerKind {
 }
 
 /// A round-to-nearest quantised module (`RoundToNearest`): {"codes": (dOut, bytes per row) U8,
-/// "minima" and "steps": (dOut, groups) F16}, attributes {"bits", "group"}. Dequantised to a
-/// dense layer when it loads (the codes save storage, not compute).
+/// "minima" and "steps": (dOut, groups) F16}, attributes {"bits", "group"}, as `rtn` wrote it
+/// into format-2 checkpoints (it now writes a dense module with a quantised weight, which stays
+/// quantised in memory). Dequantised to a dense layer when it loads.
 public struct QuantizedKind: StoredLayerKind {
     public static let kindName = "quantized"
     public let name = QuantizedKind.kindName

@@ -273,22 +273,60 @@ extension BackendSuites {
             let source = try ModelFiles.open(try TinyModel.write(seed: 37))
             let (r, compressed) = try SWSC.compress(source, ["method": "rtn", "bits": "4", "group-size": "16", "matrices": "q,k,down"])
             #expect(compressed.manifest?.modules.count == 2 * 3)
-            #expect(compressed.manifest?.modules.values.allSatisfy { $0.kind == "quantized" && $0.attributes == ["bits": 4, "group": 16] } == true)
+            // Dense modules whose weights are quantised tensors: parameters count parameters.
+            let m = try #require(compressed.manifest)
+            #expect(m.modules.values.allSatisfy { $0.kind == "dense" } && m.storedLinearParameters == m.denseLinearParameters)
+            #expect(m.modules.keys.allSatisfy { m.quantizedTensors?[$0 + ".weight"].map { ($0.bits, $0.group) } ?? (0, 0) == (4, 16) })
             #expect(r.output.report.json["average_bits"]?.doubleValue == 4 + 32.0 / 16)
             let hf = try SWSC.exported(compressed, tag: "rtn")
             let a = try LlamaModel(files: compressed, backend: Backends.cpu).logits(F.evalTokens).values
             let b = try LlamaModel(files: hf, backend: Backends.cpu).logits(F.evalTokens).values
             #expect(a == b, "the quantised model runs its dequantised weights densely, as the export stores them")
 
+            // The same checkpoint as format 2 wrote it (kind "quantized", its own codes, minima and
+            // steps, no table) loads to the same logits.
+            let old = try Self.asFormatTwo(compressed.path)
+            defer { try? FileManager.default.removeItem(atPath: old) }
+            let oldFiles = try ModelFiles.open(old)
+            #expect(oldFiles.manifest?.modules.values.allSatisfy { $0.kind == "quantized" } == true)
+            #expect(try LlamaModel(files: oldFiles, backend: Backends.cpu).logits(F.evalTokens).values == a)
+
             // A manifest naming one tensor in two roles is refused (it used to trap counting them).
-            let path = compressed.path + "/sheaf.json"
+            let path = old + "/sheaf.json"
             var manifest = try CompressedManifest.load(path)
             let module = MatrixType.q.module(layer: 0)
             manifest.modules[module]!.tensors["steps"] = manifest.modules[module]!.tensors["minima"]
             try manifest.encoded().write(to: URL(fileURLWithPath: path))
-            #expect { try LlamaModel(files: try ModelFiles.open(compressed.path), backend: Backends.cpu) } throws: {
+            #expect { try LlamaModel(files: try ModelFiles.open(old), backend: Backends.cpu) } throws: {
                 "\($0)".contains("names one tensor in two roles")
             }
+        }
+
+        /// An RTN checkpoint of format 3 rewritten as format 2 had it: each dense module with a
+        /// quantised weight becomes kind "quantized" naming `module.codes`, `.minima`, `.steps`.
+        static func asFormatTwo(_ dir: String) throws -> String {
+            let out = dir + "-format2"
+            try? FileManager.default.removeItem(atPath: out)
+            try FileManager.default.copyItem(atPath: dir, toPath: out)
+            var manifest = try CompressedManifest.load(dir + "/sheaf.json")
+            let table = manifest.quantizedTensors ?? [:]
+            var renamed: [String: String] = [:]
+            for (module, entry) in manifest.modules {
+                let q = try #require(table[entry.tensors["weight"]!])
+                let names = ["codes": module + ".codes", "minima": module + ".minima", "steps": module + ".steps"]
+                (renamed[q.codes], renamed[q.minima], renamed[q.steps]) = (names["codes"], names["minima"], names["steps"])
+                manifest.modules[module] = .init(kind: "quantized", tensors: names, attributes: ["bits": q.bits, "group": q.group])
+            }
+            manifest.quantizedTensors = nil
+            manifest.formatVersion = 2
+            let file = try SafetensorsFile(path: dir + "/model.safetensors")
+            try FileManager.default.removeItem(atPath: out + "/model.safetensors")
+            try SafetensorsWriter.writeModel(
+                try file.tensorNames.map { name in
+                    try TensorToWrite(name: renamed[name] ?? name, shape: try file.info(name).shape, dtype: try file.dtype(name), bytes: try file.rawBytes(name))
+                }, to: out)
+            try manifest.encoded().write(to: URL(fileURLWithPath: out + "/sheaf.json"))
+            return out
         }
     }
 }
