@@ -26,6 +26,12 @@
 //   out (rows, n) or, transposed, out (n, rows). Product and sum rounded apart (FP_CONTRACT OFF),
 //   as the host codec computes them. NDRange: global (n, rows), or (rows, n) when transposed, so
 //   that consecutive work-items write consecutive floats (coalesced) either way.
+// gemv_half, gemv_bfloat16: y[j] (+)= sum_i x[i] * W[i, j] for one row x (n) and a 16-bit W (n, m):
+//   a decoded token's product with a weight kept 16-bit. NDRange: global (m): work-item j walks
+//   column j, so consecutive work-items read consecutive 2-byte weights of each row (coalesced).
+// gemv_quantized: y[j] (+)= sum_i x[i] * (minima[j, g] + q[j, i] * steps[j, g]), g = i / group, for a
+//   quantised T (m, n) as dequantize_rows reads it. NDRange: global (m), one row of T per
+//   work-item (a first version: a work-group per row would coalesce the code reads).
 // gather_columns: out[r, i] = src[r, labels[i]] (0 for a label outside 0..k-1), src (rows, k),
 //   out (rows, n). NDRange: global (n, rows): consecutive work-items write consecutive outputs of
 //   one row (coalesced); their reads hit the k columns of the same row, which stay in cache.
@@ -167,6 +173,52 @@ __kernel void dequantize_rows(const int rows, const int n, const int bits, const
     const float scaled = (float)q * steps[offS + r * lds + g];
     const float value = minima[offM + r * ldm + g] + scaled;
     if (transposed) out[offO + c * ldo + r] = value; else out[offO + r * ldo + c] = value;
+}
+
+__kernel void gemv_half(const int n, const int m, const int accumulate,
+                        __global const float *x, const int offX,
+                        __global const half *w, const int offW, const int ldw,
+                        __global float *y, const int offY)
+{
+    const int j = get_global_id(0);
+    if (j >= m) return;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += x[offX + i] * vload_half(offW + i * ldw + j, w);
+    y[offY + j] = accumulate ? y[offY + j] + sum : sum;
+}
+
+__kernel void gemv_bfloat16(const int n, const int m, const int accumulate,
+                            __global const float *x, const int offX,
+                            __global const ushort *w, const int offW, const int ldw,
+                            __global float *y, const int offY)
+{
+    const int j = get_global_id(0);
+    if (j >= m) return;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) sum += x[offX + i] * as_float((uint)w[offW + i * ldw + j] << 16);
+    y[offY + j] = accumulate ? y[offY + j] + sum : sum;
+}
+
+__kernel void gemv_quantized(const int n, const int m, const int bits, const int group, const int accumulate,
+                             __global const float *x, const int offX,
+                             __global const uchar *codes, const int offC, const int ldc,
+                             __global const float *minima, const int offM, const int ldm,
+                             __global const float *steps, const int offS, const int lds,
+                             __global float *y, const int offY)
+{
+    const int j = get_global_id(0);
+    if (j >= m) return;
+    __global const uchar *row = codes + offC + j * ldc;
+    const uint mask = (1u << bits) - 1u;
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const int bit = i * bits, g = i / group;
+        uint word = row[bit >> 3];
+        if ((bit & 7) + bits > 8) word |= (uint)row[(bit >> 3) + 1] << 8;
+        const float q = (float)((word >> (bit & 7)) & mask);
+        sum += x[offX + i] * (minima[offM + j * ldm + g] + q * steps[offS + j * lds + g]);
+    }
+    y[offY + j] = accumulate ? y[offY + j] + sum : sum;
 }
 
 __kernel void gather_columns(const int rows, const int n, const int k,

@@ -20,6 +20,17 @@ public enum ScalarType: String, Sendable {
     public var isHalfStorage: Bool { self == .float16 || self == .bfloat16 }
 }
 
+/// A weight as a backend holds it for the product y = x·W of a layer, in the form its
+/// checkpoint stores it: W (n, m) float32 or 16-bit (float16/bfloat16), in the layout the product
+/// reads; or W's transpose T (m, n) group-wise quantised (`dequantizeRows`' codes, minima and
+/// steps, one row of T per output).
+public enum WeightStorage: Sendable {
+    case float32(MatrixView)
+    case half(MatrixView)
+    case quantized(codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int)
+
+}
+
 /// Swift types that map onto a `ScalarType`.
 public protocol DeviceScalar: Sendable {
     static var scalarType: ScalarType { get }
@@ -206,6 +217,14 @@ public protocol Backend: AnyObject, Sendable {
     func dequantizeRows(
         codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int, into out: MatrixView, transposed: Bool
     ) throws(SheafError)
+
+    /// y (1, m) = x (1, n) · W, or y += that when `accumulate`, for a weight in its stored form
+    /// (`WeightStorage`): one decoded token's product, reading each stored weight once and
+    /// converting it in registers (no float32 copy of W is made). float32 W is a plain GEMV;
+    /// 16-bit W (n, m) is read row by row into m accumulators; a quantised T (m, n) gives each
+    /// output as its row's dot product with x. Sums are float32 in an order of the backend's
+    /// choosing (compare within a GEMV's rounding bound).
+    func gemvStored(_ x: MatrixView, _ w: WeightStorage, into y: MatrixView, accumulate: Bool) throws(SheafError)
 
     // MARK: forward-pass element-wise ops (float32, rows are tokens)
 

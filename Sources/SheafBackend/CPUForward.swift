@@ -292,6 +292,73 @@ extension CPUBackend {
         }
     }
 
+    /// Columns per block of a 16-bit GEMV: its accumulators (2 KB) stay in L1 while every row's
+    /// segment streams past.
+    static let gemvColumnBlock = 512
+
+    public func gemvStored(_ x: MatrixView, _ w: WeightStorage, into y: MatrixView, accumulate: Bool) throws(SheafError) {
+        switch w {
+        case .float32(let v):
+            try gemm(x, transposeA: false, v, transposeB: false, into: y, alpha: 1, beta: accumulate ? 1 : 0)
+            return
+        case .half(let v):
+            try Check.owner(self, [x, v, y], op: "gemvStored")
+        case .quantized(let codes, let minima, let steps, _, _):
+            try Check.owner(self, [x, codes, minima, steps, y], op: "gemvStored")
+        }
+        let (n, m) = try Check.gemvStored(x, w, y)
+        nonisolated(unsafe) let (px, py) = (UnsafePointer(floats(x)), floats(y))
+        let vector = vectorKernels
+        if !accumulate { py.update(repeating: 0, count: m) }
+        switch w {
+        case .float32: break
+        case .half(let v):
+            nonisolated(unsafe) let pw = UnsafePointer(host(v.buffer).assumingMemoryBound(to: UInt16.self) + v.offset)
+            let (ld, bfloat, block) = (v.rowStride, v.buffer.scalar == .bfloat16, Self.gemvColumnBlock)
+            forEachRow((m + block - 1) / block) { b in
+                let (j0, count) = (b * block, min(block, m - b * block))
+                if vector {
+                    gemvHalfColumns(px, n: n, pw + j0, rowStride: ld, bfloat: bfloat, py + j0, count: count)
+                } else {
+                    for i in 0..<n {
+                        let (xi, row) = (px[i], pw + i * ld + j0)
+                        for j in 0..<count { py[j0 + j] += xi * (bfloat ? HalfFloat.bf16ToFloat(row[j]) : HalfFloat.f16ToFloat(row[j])) }
+                    }
+                }
+            }
+        case .quantized(let codes, let minima, let steps, let bits, let group):
+            nonisolated(unsafe) let pc = UnsafePointer(host(codes.buffer).assumingMemoryBound(to: UInt8.self) + codes.offset)
+            nonisolated(unsafe) let (pm, ps) = (UnsafePointer(floats(minima)), UnsafePointer(floats(steps)))
+            let (cs, ms, ss, workers) = (codes.rowStride, minima.rowStride, steps.rowStride, min(threads, m))
+            let mask = UInt32((1 << bits) - 1)
+            DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: n) { row in
+                    withUnsafeTemporaryAllocation(of: UInt8.self, capacity: n) { codes8 in
+                        for j in stride(from: worker, to: m, by: workers) {
+                            let (c, mj, sj) = (pc + j * cs, pm + j * ms, ps + j * ss)
+                            var dot: Float
+                            if vector {
+                                dot = quantizedRowDot(
+                                    px, n: n, codes: c, bits: bits, minima: mj, steps: sj, group: group, row: row.baseAddress!,
+                                    codes8: codes8.baseAddress!)
+                            } else {
+                                dot = 0
+                                for i in 0..<n {
+                                    let bit = i * bits
+                                    var word = UInt32(c[bit >> 3])
+                                    if (bit & 7) + bits > 8 { word |= UInt32(c[(bit >> 3) + 1]) << 8 }
+                                    let g = i / group
+                                    dot += px[i] * (mj[g] + Float((word >> UInt32(bit & 7)) & mask) * sj[g])
+                                }
+                            }
+                            py[j] += dot
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     // MARK: clustered layers
 
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {

@@ -127,6 +127,29 @@ extension OpenCLBackend {
              .buffer(out.buffer), .int(out.offset), .int(out.rowStride)])
     }
 
+    public func gemvStored(_ x: MatrixView, _ w: WeightStorage, into y: MatrixView, accumulate: Bool) throws(SheafError) {
+        switch w {
+        case .float32(let v):
+            try gemm(x, transposeA: false, v, transposeB: false, into: y, alpha: 1, beta: accumulate ? 1 : 0)
+        case .half(let v):
+            try Check.owner(self, [x, v, y], op: "gemvStored")
+            let (n, m) = try Check.gemvStored(x, w, y)
+            try runtime.launch(
+                v.buffer.scalar == .float16 ? "gemv_half" : "gemv_bfloat16", in: "forward", tunables, global: [m], local: nil,
+                [.int(n), .int(m), .int(accumulate ? 1 : 0), .buffer(x.buffer), .int(x.offset), .buffer(v.buffer), .int(v.offset),
+                 .int(v.rowStride), .buffer(y.buffer), .int(y.offset)])
+        case .quantized(let codes, let minima, let steps, let bits, let group):
+            try Check.owner(self, [x, codes, minima, steps, y], op: "gemvStored")
+            let (n, m) = try Check.gemvStored(x, w, y)
+            try runtime.launch(
+                "gemv_quantized", in: "forward", tunables, global: [m], local: nil,
+                [.int(n), .int(m), .int(bits), .int(group), .int(accumulate ? 1 : 0), .buffer(x.buffer), .int(x.offset),
+                 .buffer(codes.buffer), .int(codes.offset), .int(codes.rowStride),
+                 .buffer(minima.buffer), .int(minima.offset), .int(minima.rowStride),
+                 .buffer(steps.buffer), .int(steps.offset), .int(steps.rowStride), .buffer(y.buffer), .int(y.offset)])
+        }
+    }
+
     // MARK: clustered layers
 
     public func gatherColumns(_ src: MatrixView, labels: DeviceBuffer, into out: MatrixView) throws(SheafError) {

@@ -518,6 +518,50 @@ public enum Parity {
             "dequantizeRows", backend, "\(bits)-bit (\(rows), \(n)) group \(group)\(transposed ? " transposed" : "")", error, 0, f)
     }
 
+    /// One row x (n) times a stored weight: `scalar` float16 or bfloat16 W (n, m) in a strided
+    /// view (stride m + 3, offset 2), or, with `bits`, a quantised T (m, n) with random codes in
+    /// groups of `group`; y accumulated onto when `accumulate`. The weights are exact in every
+    /// backend (a quantised one may round m + q·s once more where it is fused), so the error is
+    /// that of an n-term float32 sum.
+    public static func gemvStored(
+        _ backend: any Backend, _ reference: any Backend, n: Int, m: Int, scalar: ScalarType? = nil, bits: Int? = nil, group: Int = 64,
+        accumulate: Bool, seed: UInt64 = 1
+    ) throws(SheafError) -> ParityResult {
+        let x = Matrix<Float>.random(rows: 1, cols: n, seed: seed)
+        let start = Matrix<Float>.random(rows: 1, cols: m, seed: seed &+ 1)
+        var rng = SplitMix64(seed: seed &+ 2)
+        let (stride, offset) = (m + 3, 2)
+        var halves = [UInt16](repeating: 0x7E00, count: offset + n * stride)  // NaN outside the view
+        let weights = Matrix<Float>.random(rows: n, cols: m, seed: seed &+ 3)
+        for i in 0..<n {
+            for j in 0..<m {
+                halves[offset + i * stride + j] = scalar == .bfloat16 ? HalfFloat.floatToBF16(weights[i, j]) : HalfFloat.floatToF16(weights[i, j])
+            }
+        }
+        let (b, g) = (bits ?? 8, min(group, n))
+        let rowBytes = (n * b + 7) / 8, groups = (n + g - 1) / g
+        let codes = (0..<(m * rowBytes)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let minima = Matrix<Float>.random(rows: m, cols: groups, seed: seed &+ 4)
+        var steps = Matrix<Float>.random(rows: m, cols: groups, seed: seed &+ 5)
+        for i in steps.values.indices { steps.values[i] = abs(steps.values[i]) / Float(1 << b) }
+        let (error, f) = try compareOutputs(backend, reference, start: start, pad: 2, guardValue: guardValue) {
+            (be, y) throws(SheafError) in
+            let w: WeightStorage
+            if bits != nil {
+                let buffer = try withBytes(of: codes) { (raw) throws(SheafError) in try be.uploadBytes(raw, as: .uint8) }
+                w = .quantized(
+                    codes: try MatrixView(buffer, rows: m, cols: rowBytes), minima: try input(be, minima, strided: true),
+                    steps: try input(be, steps, strided: true), bits: b, group: g)
+            } else {
+                let buffer = try withBytes(of: halves) { (raw) throws(SheafError) in try be.uploadBytes(raw, as: scalar ?? .float16) }
+                w = .half(try MatrixView(buffer, rows: n, cols: m, rowStride: stride, offset: offset))
+            }
+            try be.gemvStored(try input(be, x, strided: true), w, into: y, accumulate: accumulate)
+        }
+        let form = bits.map { "\($0)-bit group \(g)" } ?? "\(scalar ?? .float16)"
+        return result("gemvStored", backend, "\(form) (\(n), \(m))\(accumulate ? " accumulate" : "")", error, productTolerance(k: n + 2), f)
+    }
+
     /// Random labels in 0..<k (some columns never used, some used many times), strided operands.
     public static func gatherColumns(_ backend: any Backend, _ reference: any Backend, rows: Int, k: Int, n: Int, seed: UInt64 = 1)
         throws(SheafError) -> ParityResult
@@ -634,6 +678,11 @@ public enum Parity {
                 try dequantizeRows(backend, reference, rows: 17, n: 100, bits: 8, group: 64, transposed: false) }),
             ("dequantizeRows", { () throws(SheafError) in
                 try dequantizeRows(backend, reference, rows: 9, n: 77, bits: 3, group: 10, transposed: true) }),
+            ("gemvStored", { () throws(SheafError) in try gemvStored(backend, reference, n: 257, m: 33, scalar: .float16, accumulate: false) }),
+            ("gemvStored", { () throws(SheafError) in try gemvStored(backend, reference, n: 7, m: 1030, scalar: .bfloat16, accumulate: true) }),
+            ("gemvStored", { () throws(SheafError) in try gemvStored(backend, reference, n: 257, m: 7, bits: 4, group: 32, accumulate: true) }),
+            ("gemvStored", { () throws(SheafError) in try gemvStored(backend, reference, n: 33, m: 9, bits: 8, group: 64, accumulate: false) }),
+            ("gemvStored", { () throws(SheafError) in try gemvStored(backend, reference, n: 1, m: 5, bits: 3, group: 10, accumulate: false) }),
             ("sumColumnGroups", { () throws(SheafError) in try sumColumnGroups(backend, reference, rows: 17, n: 100, k: 19) }),
             ("crossEntropy", { () throws(SheafError) in try crossEntropy(backend, reference, rows: 9, vocabulary: 1000) }),
             ("klDivergence", { () throws(SheafError) in try klDivergence(backend, reference, rows: 9, vocabulary: 1000) }),

@@ -144,6 +144,40 @@ extension ReferenceBackend {
         }
     }
 
+    /// Every weight expanded as `dequantizeRows` / `convertToFloat32` expand it, summed in Float64.
+    public func gemvStored(_ x: MatrixView, _ w: WeightStorage, into y: MatrixView, accumulate: Bool) throws(SheafError) {
+        let n = x.cols, m = y.cols
+        var weight = [Double](repeating: 0, count: n * m)  // W (n, m)
+        switch w {
+        case .float32(let v):
+            try Check.owner(self, [x, v, y], op: "gemvStored")
+            try Check.gemvStored(x, w, y)
+            let pv = floats(v)
+            for i in 0..<n { for j in 0..<m { weight[i * m + j] = Double(pv[i * v.rowStride + j]) } }
+        case .half(let v):
+            try Check.owner(self, [x, v, y], op: "gemvStored")
+            try Check.gemvStored(x, w, y)
+            let out = try makeBuffer(.float32, count: n * m)
+            try convertToFloat32(v, into: try MatrixView(out, rows: n, cols: m))
+            let po = floats(try MatrixView(out, rows: n, cols: m))
+            for i in 0..<(n * m) { weight[i] = Double(po[i]) }
+        case .quantized(let codes, let minima, let steps, let bits, let group):
+            try Check.owner(self, [x, codes, minima, steps, y], op: "gemvStored")
+            try Check.gemvStored(x, w, y)
+            let out = try makeBuffer(.float32, count: n * m)
+            try dequantizeRows(
+                codes: codes, minima: minima, steps: steps, bits: bits, group: group, into: try MatrixView(out, rows: n, cols: m), transposed: true)
+            let po = floats(try MatrixView(out, rows: n, cols: m))
+            for i in 0..<(n * m) { weight[i] = Double(po[i]) }
+        }
+        let px = floats(x), py = floats(y)
+        for j in 0..<m {
+            var sum = accumulate ? Double(py[j]) : 0
+            for i in 0..<n { sum += Double(px[i]) * weight[i * m + j] }
+            py[j] = Float(sum)
+        }
+    }
+
     /// The codec read bit by bit, one element at a time.
     public func dequantizeRows(
         codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int, into out: MatrixView, transposed: Bool

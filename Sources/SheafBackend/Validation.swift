@@ -160,23 +160,58 @@ enum Check {
         _ codes: MatrixView, _ minima: MatrixView, _ steps: MatrixView, bits: Int, group: Int, _ out: MatrixView, transposed: Bool
     ) throws(SheafError) {
         let op = "dequantizeRows"
+        try scalar(out, .float32, "out", op: op)
+        let (rows, n) = transposed ? (out.cols, out.rows) : (out.rows, out.cols)
+        try quantized(codes, minima, steps, bits: bits, group: group, rows: rows, n: n, op: op, context: "out \(out.shape)\(transposed ? " transposed" : "")")
+        try nonEmpty(out, "out", op: op)
+        try fitsInt32(out, op: op)
+    }
+
+    /// A quantised T (rows, n): codes uint8 (rows, ≥ ⌈n·bits/8⌉), minima and steps float32 (rows, ⌈n/group⌉).
+    static func quantized(
+        _ codes: MatrixView, _ minima: MatrixView, _ steps: MatrixView, bits: Int, group: Int, rows: Int, n: Int, op: String, context: String
+    ) throws(SheafError) {
         guard codes.buffer.scalar == .uint8 else { throw .invalidArgument(op: op, detail: "codes must be uint8, are \(codes.buffer.scalar)") }
         try scalar(minima, .float32, "minima", op: op)
         try scalar(steps, .float32, "steps", op: op)
-        try scalar(out, .float32, "out", op: op)
         guard (1...8).contains(bits), group >= 1 else { throw .invalidArgument(op: op, detail: "bits \(bits) (1-8), group \(group) (≥ 1)") }
-        let (rows, n) = transposed ? (out.cols, out.rows) : (out.rows, out.cols)
         let groups = (n + group - 1) / group
         guard codes.rows == rows, codes.cols * 8 >= n * bits, minima.rows == rows, minima.cols == groups, steps.rows == rows,
             steps.cols == groups
         else {
             throw .shapeMismatch(
-                op: op, detail: "codes \(codes.shape), minima \(minima.shape), steps \(steps.shape), out \(out.shape)\(transposed ? " transposed" : ""), \(bits) bits, group \(group)")
+                op: op, detail: "codes \(codes.shape), minima \(minima.shape), steps \(steps.shape), \(context), \(bits) bits, group \(group)")
         }
-        for v in [codes, minima, steps, out] {
+        for v in [codes, minima, steps] {
             try nonEmpty(v, "operand", op: op)
             try fitsInt32(v, op: op)
         }
+    }
+
+    /// The operands of `gemvStored`; returns (n, m).
+    @discardableResult
+    static func gemvStored(_ x: MatrixView, _ w: WeightStorage, _ y: MatrixView) throws(SheafError) -> (n: Int, m: Int) {
+        let op = "gemvStored"
+        try scalar(x, .float32, "x", op: op)
+        try scalar(y, .float32, "y", op: op)
+        let n = x.cols
+        switch w {
+        case .float32(let v):
+            try scalar(v, .float32, "weight", op: op)
+            guard v.rows == n, v.cols == y.cols else { throw .shapeMismatch(op: op, detail: "x \(x.shape), weight \(v.shape), y \(y.shape)") }
+            try fitsInt32(v, op: op)
+        case .half(let v):
+            guard v.buffer.scalar.isHalfStorage else { throw .invalidArgument(op: op, detail: "weight must be float16 or bfloat16, is \(v.buffer.scalar)") }
+            guard v.rows == n, v.cols == y.cols else { throw .shapeMismatch(op: op, detail: "x \(x.shape), weight \(v.shape), y \(y.shape)") }
+            try fitsInt32(v, op: op)
+        case .quantized(let codes, let minima, let steps, let bits, let group):
+            try quantized(codes, minima, steps, bits: bits, group: group, rows: y.cols, n: n, op: op, context: "x \(x.shape), y \(y.shape)")
+        }
+        guard x.rows == 1, y.rows == 1, n >= 1, y.cols >= 1 else {
+            throw .shapeMismatch(op: op, detail: "x \(x.shape) and y \(y.shape) must be single non-empty rows")
+        }
+        for v in [x, y] { try fitsInt32(v, op: op) }
+        return (n, y.cols)
     }
 
     static func gatherColumns(_ src: MatrixView, _ labels: DeviceBuffer, _ out: MatrixView) throws(SheafError) {

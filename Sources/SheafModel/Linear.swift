@@ -64,7 +64,10 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
     }
 
     public func forward(_ x: MatrixView, into y: MatrixView) throws(SheafError) {
-        if let w = weightT.float32InPlace {
+        if x.rows == 1 {
+            // A decoded token: read the weight once as stored.
+            try backend.gemvStored(x, weightT.storage, into: y, accumulate: false)
+        } else if let w = weightT.float32InPlace {
             try backend.gemm(x, transposeA: false, w, transposeB: false, into: y, alpha: 1, beta: 0)
         } else {
             let block = max(1, min(outputSize, Self.convertedElements / max(inputSize, 1)))
@@ -143,8 +146,14 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
     /// so both may share one conversion scratch.
     func forward(_ x: MatrixView, into y: MatrixView, accumulate: Bool) throws(SheafError) {
         let t = try scratch.view(rows: x.rows, cols: rank)
-        try backend.gemm(x, transposeA: false, try basis.float32(), transposeB: false, into: t, alpha: 1, beta: 0)
-        try backend.gemm(t, transposeA: false, try coefficients.float32(), transposeB: false, into: y, alpha: 1, beta: accumulate ? 1 : 0)
+        if x.rows == 1 {
+            // A decoded token: both factors read once as stored.
+            try backend.gemvStored(x, basis.storage, into: t, accumulate: false)
+            try backend.gemvStored(t, coefficients.storage, into: y, accumulate: accumulate)
+        } else {
+            try backend.gemm(x, transposeA: false, try basis.float32(), transposeB: false, into: t, alpha: 1, beta: 0)
+            try backend.gemm(t, transposeA: false, try coefficients.float32(), transposeB: false, into: y, alpha: 1, beta: accumulate ? 1 : 0)
+        }
         if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
     }
 }

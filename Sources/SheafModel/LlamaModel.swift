@@ -360,6 +360,23 @@ public final class LlamaModel: @unchecked Sendable {
         return try backend.download(out)
     }
 
+    /// Logits (tokens, vocabulary) of one sequence computed as decoding computes them: one token
+    /// at a time through a KV cache, every product a single row (`gemvStored` on the weights as
+    /// stored). Equal to `logits` within two computations' rounding; for tests.
+    public func logitsTokenByToken(_ tokens: [Int32]) throws(SheafError) -> Matrix<Float> {
+        guard !tokens.isEmpty, tokens.count <= config.maxPositions else {
+            throw .invalidArgument(op: "logitsTokenByToken", detail: "\(tokens.count) tokens for a context of \(config.maxPositions)")
+        }
+        let cache = try KVCache(self, capacity: tokens.count)
+        let out = try backend.zeros(.float32, rows: tokens.count, cols: config.vocabularySize)
+        for (position, token) in tokens.enumerated() {
+            let h = try run([token], position: position, cache: cache)
+            cache.length = position + 1
+            try head.forward(h, into: try cache.rows(out, position, 1))
+        }
+        return try backend.download(out)
+    }
+
     /// The residual stream (tokens, hidden) of one sequence entering decoder layer `layer`
     /// (the embedding for layer 0): a probe that changes layer `layer` alone resumes from it.
     public func residual(_ tokens: [Int32], entering layer: Int) throws(SheafError) -> MatrixView {

@@ -9,18 +9,9 @@ import SheafIO
 /// bytes on disk. The expansion is exact (the values are the checkpoint's); it costs one pass
 /// over the matrix per product.
 public struct ResidentMatrix: Sendable {
-    public enum Storage: Sendable {
-        /// (rows, cols) float32, read as it is.
-        case float32(MatrixView)
-        /// (rows, cols) float16 or bfloat16.
-        case half(MatrixView)
-        /// The stored tensor T (cols, rows), of which this matrix is the transpose, as its
-        /// codes (cols, bytes per row) uint8 and minima, steps (cols, groups) float32: a column
-        /// block of this matrix is a row block of T (`Backend.dequantizeRows`).
-        case quantized(codes: MatrixView, minima: MatrixView, steps: MatrixView, bits: Int, group: Int)
-    }
-
-    public let storage: Storage
+    /// float32 or 16-bit (rows, cols); or quantised: the stored tensor T (cols, rows), of which
+    /// this matrix is the transpose, whose column block is a row block of T (`dequantizeRows`).
+    public let storage: WeightStorage
     /// Rows and columns of the matrix a product reads (the transpose of a quantised tensor).
     public let rows: Int
     public let cols: Int

@@ -72,6 +72,9 @@ final class WrongBackend: Backend, @unchecked Sendable {
     ) throws(SheafError) {
         try inner.dequantizeRows(codes: codes, minima: minima, steps: steps, bits: bits, group: group, into: out, transposed: transposed)
     }
+    func gemvStored(_ x: MatrixView, _ w: WeightStorage, into y: MatrixView, accumulate: Bool) throws(SheafError) {
+        try inner.gemvStored(x, w, into: y, accumulate: accumulate)
+    }
     func sumColumnGroups(_ src: MatrixView, members: DeviceBuffer, starts: DeviceBuffer, into out: MatrixView) throws(SheafError) {
         try inner.sumColumnGroups(src, members: members, starts: starts, into: out)
     }

@@ -153,6 +153,50 @@ extension BackendSuites {
             }
         }
 
+        /// One token's product with a weight in its stored form, every backend (the vector and the
+        /// portable loops of `cpu` among them) against the reference: lengths 1, 7, 33, 257 and
+        /// 1030 (none a multiple of the 8 lanes or the 512-column block but one), every
+        /// storage, groups that do not divide the row, accumulating or not.
+        @Test(arguments: Backends.Name.allCases)
+        func storedGEMV(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            for (n, m) in [(1, 1), (7, 33), (33, 7), (257, 1030), (64, 512)] {
+                for scalar in [ScalarType.float16, .bfloat16] {
+                    expectPass(try Parity.gemvStored(be, Backends.reference, n: n, m: m, scalar: scalar, accumulate: n % 2 == 0))
+                }
+                for (bits, group) in [(8, 64), (4, 32), (4, 5), (3, 10), (6, 1)] {
+                    expectPass(try Parity.gemvStored(be, Backends.reference, n: n, m: m, bits: bits, group: group, accumulate: m % 2 == 0))
+                }
+            }
+        }
+
+        /// NaN and infinity carry through a stored GEMV: a NaN input makes every output NaN, an
+        /// infinite 16-bit weight its column infinite (or NaN), on every backend.
+        @Test(arguments: Backends.Name.allCases)
+        func storedGEMVPropagatesNaN(_ name: Backends.Name) throws {
+            let be = try Backends.make(name)
+            let (n, m) = (9, 17)
+            var halves = [UInt16](repeating: HalfFloat.floatToF16(0.5), count: n * m)
+            halves[3 * m + 4] = 0x7C00  // +infinity at W[3, 4]
+            let w = WeightStorage.half(try MatrixView(try withBytesUpload(be, halves, as: .float16), rows: n, cols: m))
+            let codes = [UInt8](repeating: 7, count: m * n), ones = Matrix<Float>(rows: m, cols: 1, repeating: 1)
+            let q = WeightStorage.quantized(
+                codes: try MatrixView(try withBytesUpload(be, codes, as: .uint8), rows: m, cols: n), minima: try be.upload(ones),
+                steps: try be.upload(ones), bits: 8, group: n)
+            var x = [Float](repeating: 1, count: n)
+            let y = try be.zeros(.float32, rows: 1, cols: m)
+            try be.gemvStored(try be.upload(Matrix(rows: 1, cols: n, values: x)), w, into: y, accumulate: false)
+            let finite: [Float] = try be.download(y.buffer)
+            #expect(finite[4] == .infinity && finite.enumerated().allSatisfy { $0.offset == 4 || $0.element == 4.5 }, "\(name): \(finite)")
+            x[2] = .nan
+            for weight in [w, q] {
+                // `upload` refuses NaN by design: the raw bytes go in as an activation computed on the device would.
+                try be.gemvStored(try MatrixView(try withBytesUpload(be, x, as: .float32), rows: 1, cols: n), weight, into: y, accumulate: false)
+                let out: [Float] = try be.download(y.buffer)
+                #expect(out.allSatisfy { $0.isNaN }, "\(name): \(out)")
+            }
+        }
+
         @Test(arguments: Backends.Name.allCases)
         func ropeAndAttention(_ name: Backends.Name) throws {
             let be = try Backends.make(name)
@@ -171,4 +215,9 @@ extension BackendSuites {
             }
         }
     }
+}
+
+/// Uploads raw values of a storage type (16-bit patterns, code bytes).
+func withBytesUpload<T>(_ be: any Backend, _ values: [T], as scalar: ScalarType) throws -> DeviceBuffer {
+    try values.withUnsafeBytes { raw in try be.uploadBytes(raw, as: scalar) }
 }

@@ -19,8 +19,8 @@ extension BackendSuites {
             #expect(backends == ["cpu", "opencl"], "backends checked: \(backends)")
             // Every case of the quick suite on each backend, the clustered layer's gather ops and the
             // sensitivity probes' KL among them.
-            #expect(parity.count == 2 * 24)
-            for op in ["gatherColumns", "sumColumnGroups", "kmeansDistances", "klDivergence", "convertToFloat32", "dequantizeRows"] {
+            #expect(parity.count == 2 * 29)
+            for op in ["gatherColumns", "sumColumnGroups", "kmeansDistances", "klDivergence", "convertToFloat32", "dequantizeRows", "gemvStored"] {
                 #expect(Set(parity.filter { $0["op"] as? String == op }.compactMap { $0["backend"] as? String }) == ["cpu", "opencl"], "\(op)")
             }
             #expect((report?["openCLDevices"] as? [Any])?.isEmpty == false)

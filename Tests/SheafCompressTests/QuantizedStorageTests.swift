@@ -197,3 +197,31 @@ extension BackendSuites {
         }
     }
 }
+
+/// A decoded token's products read the weights as stored (Savings II, steps 2-3): the logits of
+/// decoding token by token equal those of the batched forward pass (weights expanded, then a
+/// GEMM) within two computations' rounding, for every storage, on both backends.
+extension BackendSuites {
+    @Suite struct StoredDecode {
+        @Test(arguments: [false, true])
+        func decodingMatchesTheBatchedForward(tied: Bool) throws {
+            let dir = try TinyModel.write(seed: 59, tied: tied)
+            let source = try ModelFiles.open(dir)
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let storages: [TensorStorage] = [.float(.F32), .float(.F16), .float(.BF16), .quantized(bits: 8, group: 16), .quantized(bits: 4, group: 32)]
+            for storage in storages {
+                let out = try StorageDType.checkpoint(source, storage: storage, tag: "decode-\(tied)-\(storage.name)")
+                defer { try? FileManager.default.removeItem(atPath: out) }
+                let files = try ModelFiles.open(out)
+                for be: any Backend in [Backends.cpu, Backends.cpuPortable, try Backends.opencl()] {
+                    let model = try LlamaModel(files: files, backend: be)
+                    let batched = try model.logits(CompressFixture.evalTokens).values
+                    let decoded = try model.logitsTokenByToken(CompressFixture.evalTokens).values
+                    let bound = ForwardPath.logitsNMSEBetween(files.config, keys: CompressFixture.evalTokens.count)
+                    let (error, failure) = Parity.compare(decoded, batched)
+                    #expect(failure.isEmpty && error <= bound, "\(storage) \(be.kind) tied \(tied): NMSE \(error) (bound \(bound)) \(failure)")
+                }
+            }
+        }
+    }
+}
