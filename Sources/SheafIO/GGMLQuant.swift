@@ -280,4 +280,44 @@ public enum GGMLQuant {
             }
         }
     }
+
+    /// A (rows, cols) Q8_0 or Q4_1 tensor as the round-to-nearest codec holds it (`RoundToNearest`,
+    /// groups of 32), exactly: Q4_1's y = d·q + m is the codec's m + q·s with s = d; Q8_0's y = d·q
+    /// (q int8) is m + q'·s with q' = q + 128, m = −128·d (exact in F16), s = d, and m + q'·d = q·d
+    /// is exact in float32. Nibbles move from Q4_1's order (byte j: elements j and j + 16) to the
+    /// codec's (byte j: elements 2j and 2j + 1). nil for other types or a row not a whole number
+    /// of blocks. `rowOrder[r]` is the stored row that becomes row r (nil: the same).
+    public static func asRoundToNearest(
+        _ type: GGMLType, _ bytes: [UInt8], rows: Int, cols: Int, rowOrder: [Int]? = nil
+    ) -> (bits: Int, codes: [UInt8], minima: [Float], steps: [Float])? {
+        let blockBytes = type.blockBytes
+        guard type == .Q8_0 || type == .Q4_1, cols % 32 == 0, bytes.count == rows * cols / 32 * blockBytes else { return nil }
+        let bits = type == .Q8_0 ? 8 : 4, blocks = cols / 32, rowBytes = cols * bits / 8
+        var codes = [UInt8](repeating: 0, count: rows * rowBytes)
+        var minima = [Float](repeating: 0, count: rows * blocks), steps = minima
+        bytes.withUnsafeBytes { raw in
+            for r in 0..<rows {
+                let from = rowOrder?[r] ?? r
+                for b in 0..<blocks {
+                    let p = raw.baseAddress! + (from * blocks + b) * blockBytes
+                    let out = r * rowBytes + b * 32 * bits / 8
+                    if type == .Q8_0 {
+                        let d = f16(p, 0)
+                        (minima[r * blocks + b], steps[r * blocks + b]) = (-128 * d, d)
+                        for i in 0..<32 { codes[out + i] = p.load(fromByteOffset: 2 + i, as: UInt8.self) ^ 0x80 }
+                    } else {
+                        (steps[r * blocks + b], minima[r * blocks + b]) = (f16(p, 0), f16(p, 2))
+                        for j in 0..<16 {
+                            // Codec element e sits in byte e/2, low nibble for even e.
+                            let low = p.load(fromByteOffset: 4 + j, as: UInt8.self)  // elements j (low), j + 16 (high)
+                            let (e0, e1) = (j, j + 16)
+                            codes[out + e0 / 2] |= (low & 0x0F) << UInt8((e0 % 2) * 4)
+                            codes[out + e1 / 2] |= (low >> 4) << UInt8((e1 % 2) * 4)
+                        }
+                    }
+                }
+            }
+        }
+        return (bits, codes, minima, steps)
+    }
 }

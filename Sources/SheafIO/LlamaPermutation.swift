@@ -19,6 +19,13 @@ public enum LlamaPermutation {
         try reorder(rows, shape: shape, heads: heads, op: "llama permute", toHF: false)
     }
 
+    /// For each HuggingFace row of a (dOut, …) Q or K projection, the GGUF row it comes from:
+    /// `unpermute` as an index map, for data that moves by rows without being floats (codes).
+    public static func ggufRow(ofHF dOut: Int, heads: Int) throws(SheafError) -> [Int] {
+        let order = try reorder((0..<dOut).map { Float($0) }, shape: [dOut], heads: heads, op: "llama unpermute", toHF: true)
+        return order.map { Int($0) }
+    }
+
     static func reorder(_ rows: [Float], shape: [Int], heads: Int, op: String, toHF: Bool) throws(SheafError) -> [Float] {
         guard let dOut = shape.first, heads > 0, dOut > 0, dOut % (2 * heads) == 0 else {
             throw .shapeMismatch(op: op, detail: "shape \(shape) with \(heads) heads: expected dOut divisible by 2 · heads")

@@ -243,11 +243,14 @@ public final class ModelFiles: @unchecked Sendable {
     }
 
     /// A tensor stored quantised, as its parts: codes (rows × bytes per row, row-major), minima
-    /// and steps (rows × groups); nil for any other tensor.
+    /// and steps (rows × groups): one a compressed checkpoint lists as quantised, or a GGUF
+    /// matrix of Q8_0 or Q4_1 blocks (`ggmlBlocks`); nil for any other tensor.
     public func quantized(_ name: String) throws(SheafError)
         -> (layout: CompressedManifest.QuantizedTensor, codes: [UInt8], minima: [Float], steps: [Float])?
     {
-        guard let q = try source(name).quantized else { return nil }
+        let s = try source(name)
+        if format == .gguf { return try ggmlBlocks(name, s) }
+        guard let q = s.quantized else { return nil }
         let codes: [UInt8]
         if let file = store as? SafetensorsFile { codes = try file.rawBytes(q.codes) } else if let shards = store as? ShardedSafetensors {
             codes = try shards.rawBytes(q.codes)
@@ -261,10 +264,33 @@ public final class ModelFiles: @unchecked Sendable {
         return (q, codes, minima, steps)
     }
 
+    /// A GGUF tensor of Q8_0 or Q4_1 blocks as the codec's codes, minima and steps (exactly the
+    /// values its blocks hold: `GGMLQuant.asRoundToNearest`; groups of 32), rows in the HF order;
+    /// nil for other types. What keeps the source GGUF as small in memory as it is on disk.
+    func ggmlBlocks(_ name: String, _ s: Source) throws(SheafError)
+        -> (layout: CompressedManifest.QuantizedTensor, codes: [UInt8], minima: [Float], steps: [Float])?
+    {
+        guard let gguf = store as? GGUFFile, [.Q8_0, .Q4_1].contains(try gguf.ggmlType(s.storeName)) else { return nil }
+        let shape = try info(name).shape
+        guard shape.count == 2, shape[1] % 32 == 0 else { return nil }
+        let order = try s.unpermuteHeads.map { (heads) throws(SheafError) in try LlamaPermutation.ggufRow(ofHF: shape[0], heads: heads) }
+        let type = try gguf.ggmlType(s.storeName)
+        guard let (bits, codes, minima, steps) = GGMLQuant.asRoundToNearest(
+            type, try gguf.rawBytes(s.storeName), rows: shape[0], cols: shape[1], rowOrder: order)
+        else { return nil }
+        for (values, what) in [(minima, "block scale or minimum"), (steps, "block scale")] {
+            if let bad = values.firstIndex(where: { !$0.isFinite }) {
+                throw .nonFinite(op: "load \(path)", what: "tensor '\(name)' \(what) \(bad) (\(values[bad]))")
+            }
+        }
+        let layout = CompressedManifest.QuantizedTensor(shape: shape, bits: bits, group: 32, codes: "", minima: "", steps: "")
+        return (layout, codes, minima, steps)
+    }
+
     /// Float32 values in the HuggingFace layout.
     public func float32(_ name: String) throws(SheafError) -> [Float] {
         let s = try source(name)
-        if let (q, codes, minima, steps) = try quantized(name) {
+        if s.quantized != nil, let (q, codes, minima, steps) = try quantized(name) {
             return RoundToNearest.dequantize(
                 codes: codes.map(Float.init), minima: minima, steps: steps, dOut: q.shape[0], dIn: q.shape[1], bits: q.bits, group: q.group)
         }

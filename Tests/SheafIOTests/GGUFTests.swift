@@ -206,6 +206,40 @@ func expectBits(_ got: [Float], _ want: [Float], sourceLocation: SourceLocation 
         try check(.Q4_1, block, q.map { 0.5 * Float($0) - 0.75 })
     }
 
+    /// Q8_0 and Q4_1 blocks as the round-to-nearest codec holds them expand to exactly what
+    /// ggml's dequantisation gives (two rows of two blocks each, the second row's blocks swapped
+    /// by a row order), the same bits; other types and ragged rows are not converted.
+    @Test func q8_0AndQ4_1AsTheCodecExpandToTheSameBits() throws {
+        let q8: [UInt8] = (0..<32).map { (e: Int) -> UInt8 in UInt8(bitPattern: Int8(e == 31 ? 127 : 8 * e - 128)) }
+        let q4: [UInt8] = (0..<16).map { (j: Int) -> UInt8 in
+            let (low, high) = ((j * 7 + 1) % 16, (j * 3 + 5) % 16)
+            return UInt8(low | high << 4)
+        }
+        let q8Blocks: [[UInt8]] = [f16Bits(0x3800) + q8, f16Bits(0xB555) + q8.reversed(), f16Bits(0x0001) + q8, f16Bits(0x7BFF) + q8]
+        let q4Blocks: [[UInt8]] = [
+            f16Bits(0x3800) + f16Bits(0xBA00) + q4, f16Bits(0x2E66) + f16Bits(0x4100) + q4.reversed(),
+            f16Bits(0x0400) + f16Bits(0x8001) + q4, f16Bits(0xC000) + f16Bits(0x3C00) + q4,
+        ]
+        let blocks: [(GGMLType, [[UInt8]])] = [(.Q8_0, q8Blocks), (.Q4_1, q4Blocks)]
+        for (type, b) in blocks {
+            let bytes = b.flatMap { $0 }
+            let want = try GGMLQuant.dequantize(type, bytes, count: 128)
+            for order in [[0, 1], [1, 0]] {
+                let converted = try #require(GGMLQuant.asRoundToNearest(type, bytes, rows: 2, cols: 64, rowOrder: order))
+                let got = RoundToNearest.dequantize(
+                    codes: converted.codes.map(Float.init), minima: converted.minima, steps: converted.steps, dOut: 2, dIn: 64,
+                    bits: converted.bits, group: 32)
+                let expected = order.flatMap { Array(want[($0 * 64)..<($0 * 64 + 64)]) }
+                // Equal values; only a zero's sign may differ (ggml's q·d with d < 0 and q = 0 is −0,
+                // the codec's sum −128·d + 128·d is +0).
+                #expect(got == expected, "\(type) rows \(order)")
+                #expect(zip(got, expected).allSatisfy { $0.bitPattern == $1.bitPattern || $0 == 0 }, "\(type) rows \(order)")
+            }
+        }
+        #expect(GGMLQuant.asRoundToNearest(.Q4_0, Array(repeating: 0, count: 18), rows: 1, cols: 32) == nil)
+        #expect(GGMLQuant.asRoundToNearest(.Q8_0, Array(repeating: 0, count: 34), rows: 2, cols: 16) == nil)
+    }
+
     /// Q5_0/Q5_1: bit e of the little-endian u32 holds element e's fifth bit.
     func fifthBits(_ q: [Int]) -> [UInt8] {
         var high: UInt32 = 0

@@ -16,6 +16,28 @@ extension BackendSuites {
     @Suite struct RealModel {
         static let transformersPerplexity = 20.100606
 
+        /// The GGUF's Q8_0 and Q4_1 matrices stay as their blocks in memory (as codec codes, groups
+        /// of 32): each expands, llama Q/K rows un-permuted, to exactly the values ggml's
+        /// dequantisation gives, and the model holds every linear layer and the tied head so.
+        @Test func ggufBlocksStayQuantisedAndExpandExactly() throws {
+            try RealFixtures.require(RealFixtures.modelPath)
+            let files = try ModelFiles.open(RealFixtures.modelPath)
+            var converted = 0
+            for name in files.tensorNames where try files.info(name).shape.count == 2 {
+                guard let (q, codes, minima, steps) = try files.quantized(name) else { continue }
+                let got = RoundToNearest.dequantize(
+                    codes: codes.map(Float.init), minima: minima, steps: steps, dOut: q.shape[0], dIn: q.shape[1], bits: q.bits, group: q.group)
+                let (want, type) = (try files.float32(name), try files.info(name).type)
+                #expect(got.elementsEqual(want) { $0.bitPattern == $1.bitPattern }, "\(name) (\(type))")
+                converted += 1
+            }
+            #expect(converted == 30 * 7 + 1, "every linear weight and the embedding: \(converted)")
+            let model = try LlamaModel(files: files, backend: Backends.cpu)
+            for layer in model.layers {
+                for t in MatrixType.allCases { #expect((layer[t] as? DenseLinear)?.weightT.storedScalar == .uint8, "\(t)") }
+            }
+        }
+
         @Test func perplexityMatchesTransformersOnBothBackends() throws {
             try RealFixtures.require(RealFixtures.modelPath)
             try RealFixtures.require(RealFixtures.wikiPath)
