@@ -259,6 +259,15 @@ public final class Scratch: @unchecked Sendable {
 }
 
 public enum LinearLayers {
+    /// Bytes of weights `layer` reads for one token, as held in memory: a stored-form weight at
+    /// its own width (a shared basis counted in each layer that reads it); layers kept as float32
+    /// (clustered, head-shared) at 4 bytes per stored element.
+    public static func residentWeightBytes(_ layer: any LinearLayer) -> Int {
+        if let d = layer as? DenseLinear { return d.weightT.residentBytes }
+        if let l = layer as? LowRankLinear { return l.basis.residentBytes + l.coefficients.residentBytes }
+        return 4 * layer.storedTensors.values.reduce(0, +)
+    }
+
     /// Parameters of `layers`, each distinct stored tensor counted once however many layers use it.
     public static func storedParameters(_ layers: [any LinearLayer]) -> Int {
         var seen: [String: Int] = [:]

@@ -360,6 +360,14 @@ public final class LlamaModel: @unchecked Sendable {
         return try backend.download(out)
     }
 
+    /// Weight bytes one decoded token reads: every linear layer's and the output head's weights
+    /// as held (`LinearLayers.residentWeightBytes`); the bytes decode streams a token.
+    public var decodeWeightBytes: Int {
+        layers.reduce(LinearLayers.residentWeightBytes(head)) { total, layer in
+            total + MatrixType.allCases.reduce(0) { $0 + LinearLayers.residentWeightBytes(layer[$1]) }
+        }
+    }
+
     /// Logits (tokens, vocabulary) of one sequence computed as decoding computes them: one token
     /// at a time through a KV cache, every product a single row (`gemvStored` on the weights as
     /// stored). Equal to `logits` within two computations' rounding; for tests.

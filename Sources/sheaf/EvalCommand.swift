@@ -144,7 +144,7 @@ enum GenerateCommand {
                 promptTokensPerSecond: promptSeconds > 0 ? Double(promptIDs.count) / promptSeconds : nil,
                 generationSeconds: generationSeconds,
                 generationTokensPerSecond: produced.count > 1 && generationSeconds > 0 ? Double(produced.count - 1) / generationSeconds : nil,
-                backend: backend.deviceName, peakResidentBytes: peakResidentBytes()))
+                backend: backend.deviceName, peakResidentBytes: peakResidentBytes(), weightBytesPerToken: model.decodeWeightBytes))
         } else {
             print("")
         }
@@ -165,6 +165,8 @@ enum GenerateCommand {
         var generationTokensPerSecond: Double?
         var backend: String
         var peakResidentBytes: Int?
+        /// Weight bytes one decoded token reads, as held in memory (`LlamaModel.decodeWeightBytes`).
+        var weightBytesPerToken: Int
     }
 }
 
