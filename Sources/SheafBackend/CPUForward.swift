@@ -269,6 +269,20 @@ extension CPUBackend {
         // Element c of row r goes to po[r·rowStep + c·colStep].
         let (rowStep, colStep) = transposed ? (1, out.rowStride) : (out.rowStride, 1)
         let (cs, ms, ss, mask) = (codes.rowStride, minima.rowStride, steps.rowStride, UInt32((1 << bits) - 1))
+        if !transposed && vectorKernels {
+            // Rows out in place, by the vectorised expansion (what the product reads as Wᵀ on the cpu).
+            let workers = min(threads, rows)
+            DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: n) { codes8 in
+                    for r in stride(from: worker, to: rows, by: workers) {
+                        expandQuantizedRow(
+                            codes: pc + r * cs, n: n, bits: bits, minima: pm + r * ms, steps: ps + r * ss, group: group, into: po + r * rowStep,
+                            codes8: codes8.baseAddress!)
+                    }
+                }
+            }
+            return
+        }
         forEachRow(rows) { r in
             let row = pc + r * cs, to = po + r * rowStep
             for g in 0..<((n + group - 1) / group) {

@@ -58,6 +58,29 @@ public func quantizedRowDot(
     _ x: UnsafePointer<Float>, n: Int, codes: UnsafePointer<UInt8>, bits: Int, minima: UnsafePointer<Float>, steps: UnsafePointer<Float>,
     group: Int, row: UnsafeMutablePointer<Float>, codes8: UnsafeMutablePointer<UInt8>
 ) -> Float {
+    expandQuantizedRow(codes: codes, n: n, bits: bits, minima: minima, steps: steps, group: group, into: row, codes8: codes8)
+    var sum = Float8(repeating: 0)
+    var i = 0
+    while i + 8 <= n {
+        sum += load(row + i) * load(x + i)
+        i += 8
+    }
+    var total = horizontalSum(sum)
+    while i < n {
+        total += row[i] * x[i]
+        i += 1
+    }
+    return total
+}
+
+/// row[i] = minima[g] + q_i·steps[g], g = i / group, for i < n: one row of a group-wise quantised
+/// matrix expanded to float32 (the product rounded before the sum, as the codec computes it), by
+/// loops that vectorise. `codes8` (n bytes) holds unpacked codes when bits < 8.
+@inline(never)
+public func expandQuantizedRow(
+    codes: UnsafePointer<UInt8>, n: Int, bits: Int, minima: UnsafePointer<Float>, steps: UnsafePointer<Float>, group: Int,
+    into row: UnsafeMutablePointer<Float>, codes8: UnsafeMutablePointer<UInt8>
+) {
     var q = codes
     if bits == 4 {
         for b in 0..<(n / 2) {
@@ -80,19 +103,10 @@ public func quantizedRowDot(
     var start = 0, g = 0
     while start < n {
         let end = min(n, start + group), (m, s) = (minima[g], steps[g])
-        for i in start..<end { row[i] = m + Float(q[i]) * s }
+        for i in start..<end {
+            let scaled = Float(q[i]) * s
+            row[i] = m + scaled
+        }
         (start, g) = (end, g + 1)
     }
-    var sum = Float8(repeating: 0)
-    var i = 0
-    while i + 8 <= n {
-        sum += load(row + i) * load(x + i)
-        i += 8
-    }
-    var total = horizontalSum(sum)
-    while i < n {
-        total += row[i] * x[i]
-        i += 1
-    }
-    return total
 }

@@ -74,7 +74,8 @@ public final class DenseLinear: LinearLayer, @unchecked Sendable {
             for start in stride(from: 0, to: outputSize, by: block) {
                 let columns = start..<min(start + block, outputSize)
                 let yBlock = try MatrixView(y.buffer, rows: y.rows, cols: columns.count, rowStride: y.rowStride, offset: y.offset + start)
-                try backend.gemm(x, transposeA: false, try weightT.float32(columns: columns), transposeB: false, into: yBlock, alpha: 1, beta: 0)
+                let w = try weightT.operand(columns: columns)
+                try backend.gemm(x, transposeA: false, w.view, transposeB: w.transposed, into: yBlock, alpha: 1, beta: 0)
             }
         }
         if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
@@ -151,8 +152,10 @@ public final class LowRankLinear: LinearLayer, @unchecked Sendable {
             try backend.gemvStored(x, basis.storage, into: t, accumulate: false)
             try backend.gemvStored(t, coefficients.storage, into: y, accumulate: accumulate)
         } else {
-            try backend.gemm(x, transposeA: false, try basis.float32(), transposeB: false, into: t, alpha: 1, beta: 0)
-            try backend.gemm(t, transposeA: false, try coefficients.float32(), transposeB: false, into: y, alpha: 1, beta: accumulate ? 1 : 0)
+            let b = try basis.operand()
+            try backend.gemm(x, transposeA: false, b.view, transposeB: b.transposed, into: t, alpha: 1, beta: 0)
+            let c = try coefficients.operand()
+            try backend.gemm(t, transposeA: false, c.view, transposeB: c.transposed, into: y, alpha: 1, beta: accumulate ? 1 : 0)
         }
         if let bias { try backend.add(try MatrixView(broadcasting: bias, rows: x.rows), into: y) }
     }

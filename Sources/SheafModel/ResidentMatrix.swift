@@ -122,6 +122,25 @@ public struct ResidentMatrix: Sendable {
         }
     }
 
+    /// Columns `columns` as a product's float32 operand: `float32(columns:)`, or, for a quantised
+    /// matrix on the cpu, the stored rows expanded in place (contiguous writes; the transposed
+    /// expansion scatters them, which cost the output head 1.5 s a window) with `transposed` set
+    /// for the GEMM to read them as their transpose. OpenCL keeps the transposed expansion (its
+    /// writes coalesce either way, and its GEMM runs fastest without a transposed operand).
+    public func operand(columns: Range<Int>) throws(SheafError) -> (view: MatrixView, transposed: Bool) {
+        guard case .quantized(let codes, let minima, let steps, let bits, let group) = storage, scratch!.backend.kind == .cpu else {
+            return (try float32(columns: columns), false)
+        }
+        let out = try scratch!.view(rows: columns.count, cols: rows)
+        try scratch!.backend.dequantizeRows(
+            codes: try Self.rowBlock(codes, columns), minima: try Self.rowBlock(minima, columns), steps: try Self.rowBlock(steps, columns),
+            bits: bits, group: group, into: out, transposed: false)
+        return (out, true)
+    }
+
+    /// The whole matrix as a product's operand (`operand(columns:)`).
+    public func operand() throws(SheafError) -> (view: MatrixView, transposed: Bool) { try operand(columns: 0..<cols) }
+
     /// Rows `range` of `v`.
     static func rowBlock(_ v: MatrixView, _ range: Range<Int>) throws(SheafError) -> MatrixView {
         try MatrixView(v.buffer, rows: range.count, cols: v.cols, rowStride: v.rowStride, offset: v.offset + range.lowerBound * v.rowStride)

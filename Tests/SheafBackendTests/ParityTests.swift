@@ -153,7 +153,8 @@ extension BackendSuites {
             }
         }
 
-        /// One token's product with a weight in its stored form, every backend (the vector and the
+        /// One token's product with a weight in its stored form, and the expansion of quantised
+        /// rows a batched product reads, every backend (the vector and the
         /// portable loops of `cpu` among them) against the reference: lengths 1, 7, 33, 257 and
         /// 1030 (none a multiple of the 8 lanes or the 512-column block but one), every
         /// storage, groups that do not divide the row, accumulating or not.
@@ -166,6 +167,10 @@ extension BackendSuites {
                 }
                 for (bits, group) in [(8, 64), (4, 32), (4, 5), (3, 10), (6, 1)] {
                     expectPass(try Parity.gemvStored(be, Backends.reference, n: n, m: m, bits: bits, group: group, accumulate: m % 2 == 0))
+                    // The expansion a batched product reads, both layouts: exact.
+                    for transposed in [false, true] {
+                        expectPass(try Parity.dequantizeRows(be, Backends.reference, rows: m, n: n, bits: bits, group: min(group, n), transposed: transposed))
+                    }
                 }
             }
         }
