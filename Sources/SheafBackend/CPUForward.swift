@@ -348,7 +348,8 @@ extension CPUBackend {
             DispatchQueue.concurrentPerform(iterations: workers) { worker in
                 withUnsafeTemporaryAllocation(of: Float.self, capacity: n) { row in
                     withUnsafeTemporaryAllocation(of: UInt8.self, capacity: n) { codes8 in
-                        for j in stride(from: worker, to: m, by: workers) {
+                        // A contiguous block of rows per worker: each streams its own codes.
+                        for j in (worker * m / workers)..<((worker + 1) * m / workers) {
                             let (c, mj, sj) = (pc + j * cs, pm + j * ms, ps + j * ss)
                             var dot: Float
                             if vector {
