@@ -251,10 +251,9 @@ public final class ModelFiles: @unchecked Sendable {
         let s = try source(name)
         if format == .gguf { return try ggmlBlocks(name, s) }
         guard let q = s.quantized else { return nil }
-        let codes: [UInt8]
-        if let file = store as? SafetensorsFile { codes = try file.rawBytes(q.codes) } else if let shards = store as? ShardedSafetensors {
-            codes = try shards.rawBytes(q.codes)
-        } else { throw .io(path: path, detail: "quantised tensor '\(name)' outside a safetensors folder") }
+        guard let codes = try safetensorsBytes(q.codes) else {
+            throw .io(path: path, detail: "quantised tensor '\(name)' outside a safetensors folder")
+        }
         let (minima, steps) = (try store.float32(q.minima), try store.float32(q.steps))
         for (values, part) in [(minima, q.minima), (steps, q.steps)] {
             if let bad = values.firstIndex(where: { !$0.isFinite }) {
@@ -270,11 +269,10 @@ public final class ModelFiles: @unchecked Sendable {
     func ggmlBlocks(_ name: String, _ s: Source) throws(SheafError)
         -> (layout: CompressedManifest.QuantizedTensor, codes: [UInt8], minima: [Float], steps: [Float])?
     {
-        guard let gguf = store as? GGUFFile, [.Q8_0, .Q4_1].contains(try gguf.ggmlType(s.storeName)) else { return nil }
-        let shape = try info(name).shape
-        guard shape.count == 2, shape[1] % 32 == 0 else { return nil }
+        guard let gguf = store as? GGUFFile else { return nil }
+        let type = try gguf.ggmlType(s.storeName), shape = try info(name).shape
+        guard type == .Q8_0 || type == .Q4_1, shape.count == 2, shape[1] % 32 == 0 else { return nil }
         let order = try s.unpermuteHeads.map { (heads) throws(SheafError) in try LlamaPermutation.ggufRow(ofHF: shape[0], heads: heads) }
-        let type = try gguf.ggmlType(s.storeName)
         guard let (bits, codes, minima, steps) = GGMLQuant.asRoundToNearest(
             type, try gguf.rawBytes(s.storeName), rows: shape[0], cols: shape[1], rowOrder: order)
         else { return nil }
@@ -299,6 +297,13 @@ public final class ModelFiles: @unchecked Sendable {
         return try LlamaPermutation.unpermute(values, shape: try store.info(s.storeName).shape, heads: heads)
     }
 
+    /// The stored bytes of `storeName` in a safetensors file or shards; nil for another store.
+    private func safetensorsBytes(_ storeName: String) throws(SheafError) -> [UInt8]? {
+        if let file = store as? SafetensorsFile { return try file.rawBytes(storeName) }
+        if let shards = store as? ShardedSafetensors { return try shards.rawBytes(storeName) }
+        return nil
+    }
+
     /// A tensor stored as F16 or BF16 in a safetensors folder, as its 16-bit patterns in the
     /// HuggingFace layout (row-major in `info(name).shape`), checked for infinities and NaN by
     /// name; nil when it is stored otherwise (F32, a GGUF block type), for `float32` to read. What
@@ -308,10 +313,7 @@ public final class ModelFiles: @unchecked Sendable {
         guard s.unpermuteHeads == nil, format == .safetensors, let dtype = SafetensorsDType(rawValue: try info(name).type),
             dtype == .F16 || dtype == .BF16
         else { return nil }
-        let bytes: [UInt8]
-        if let file = store as? SafetensorsFile { bytes = try file.rawBytes(s.storeName) } else if let shards = store as? ShardedSafetensors {
-            bytes = try shards.rawBytes(s.storeName)
-        } else { return nil }
+        guard let bytes = try safetensorsBytes(s.storeName) else { return nil }
         var bits = [UInt16](repeating: 0, count: bytes.count / 2)
         for i in bits.indices { bits[i] = UInt16(bytes[2 * i]) | UInt16(bytes[2 * i + 1]) << 8 }
         let special: UInt16 = dtype == .F16 ? 0x7C00 : 0x7F80  // exponent all ones: infinity or NaN
